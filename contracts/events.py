@@ -1,0 +1,228 @@
+"""Events of a thread's log.
+
+Every event is a msgspec Struct encoded as JSON with a ``type`` tag and a ``v`` version field.
+A consumer must ignore fields it does not know; a producer bumps ``v`` only for a change that
+an old consumer would misread.
+
+Who writes what:
+- gateway: ``RunRequested``, ``RunCancelRequested``, ``ThreadCreated``/``ThreadUpdated``/``ThreadDeleted``
+  (any other service may write these too: they are the commands of the system);
+- orchestrator: ``RunAccepted``, ``RunRejected``, ``RunStarted``, ``RunCancelled``, ``RunRolledBack``;
+- executor: ``RunStopped``, ``RunSucceeded``, ``RunFailed``, ``RunInterrupted``, and the
+  checkpoint records ``CheckpointSaved``/``WritesSaved``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal, Union
+
+import msgspec
+
+__all__ = [
+    "Event",
+    "RunKwargs",
+    "RunRequested",
+    "RunCancelRequested",
+    "RunAccepted",
+    "RunRejected",
+    "RunStarted",
+    "RunCancelled",
+    "RunStopped",
+    "RunSucceeded",
+    "RunFailed",
+    "RunInterrupted",
+    "RunRolledBack",
+    "ThreadCreated",
+    "ThreadUpdated",
+    "ThreadDeleted",
+    "TypedBlob",
+    "CheckpointSaved",
+    "WritesSaved",
+    "ControlEvent",
+    "MultitaskStrategy",
+    "CancelAction",
+    "RejectReason",
+    "TERMINAL_EVENTS",
+    "encode",
+    "decode",
+    "now",
+]
+
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
+CancelAction = Literal["interrupt", "rollback"]
+# busy: reject strategy and the thread has an in-flight run; paused: new input on a thread paused
+# in a human-in-the-loop interrupt while the policy refuses it; not_paused: a resume Command for a
+# thread that has no pause to resume.
+RejectReason = Literal["busy", "paused", "not_paused"]
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Event(msgspec.Struct, kw_only=True, tag_field="type"):
+    v: int = 1
+    thread_id: str
+    at: datetime = msgspec.field(default_factory=now)
+
+
+class RunKwargs(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a run was asked to do; stored as the run's ``kwargs`` as LangGraph Platform shows it."""
+
+    input: Any = None
+    command: dict[str, Any] | None = None
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+    context: dict[str, Any] = msgspec.field(default_factory=dict)
+    stream_mode: list[str] = msgspec.field(default_factory=lambda: ["values"])
+    interrupt_before: list[str] | Literal["*"] | None = None
+    interrupt_after: list[str] | Literal["*"] | None = None
+    checkpoint_id: str | None = None
+    checkpoint: dict[str, Any] | None = None
+    webhook: str | None = None
+    subgraphs: bool = False
+    resumable: bool = False
+    temporary: bool = False
+
+
+class RunRequested(Event, tag=True, kw_only=True):
+    run_id: str
+    assistant_id: str
+    graph_id: str
+    multitask_strategy: MultitaskStrategy = "enqueue"
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    kwargs: RunKwargs = msgspec.field(default_factory=RunKwargs)
+
+    @property
+    def resumes(self) -> bool:
+        """True when the run carries a Command that resumes a human-in-the-loop pause."""
+        return bool(self.kwargs.command) and "resume" in self.kwargs.command
+
+
+class RunCancelRequested(Event, tag=True, kw_only=True):
+    run_id: str
+    action: CancelAction = "interrupt"
+
+
+class RunAccepted(Event, tag=True, kw_only=True):
+    run_id: str
+
+
+class RunRejected(Event, tag=True, kw_only=True):
+    run_id: str
+    reason: RejectReason
+    detail: str
+
+
+class RunStarted(Event, tag=True, kw_only=True):
+    run_id: str
+
+
+class RunCancelled(Event, tag=True, kw_only=True):
+    """The orchestrator's decision to stop a run. A pending run ends here; a running one ends
+    when its executor confirms with ``RunStopped``."""
+
+    run_id: str
+    action: CancelAction
+
+
+class RunStopped(Event, tag=True, kw_only=True):
+    run_id: str
+
+
+class RunSucceeded(Event, tag=True, kw_only=True):
+    run_id: str
+    values: Any = None
+
+
+class RunFailed(Event, tag=True, kw_only=True):
+    run_id: str
+    error: str
+    message: str
+    values: Any = None
+
+
+class RunInterrupted(Event, tag=True, kw_only=True):
+    """The graph paused for a human (``interrupt()`` or ``interrupt_before/after``). The run itself
+    ended ``success``; the thread is ``interrupted`` until a run resumes it."""
+
+    run_id: str
+    values: Any = None
+    interrupts: dict[str, list[dict[str, Any]]] = msgspec.field(default_factory=dict)
+
+
+class RunRolledBack(Event, tag=True, kw_only=True):
+    """Tombstone: the run and its checkpoints were compacted out of the log."""
+
+    run_id: str
+
+
+class ThreadCreated(Event, tag=True, kw_only=True):
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ThreadUpdated(Event, tag=True, kw_only=True):
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ThreadDeleted(Event, tag=True, kw_only=True):
+    pass
+
+
+class TypedBlob(msgspec.Struct, array_like=True):
+    """A value serialised by LangGraph's serializer: its type name and bytes."""
+
+    type: str
+    data: bytes
+
+
+class CheckpointSaved(Event, tag=True, kw_only=True):
+    run_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    parent_checkpoint_id: str | None = None
+    checkpoint: TypedBlob
+    metadata: TypedBlob
+
+
+class WritesSaved(Event, tag=True, kw_only=True):
+    run_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    task_id: str
+    task_path: str = ""
+    idx: int
+    channel: str
+    value: TypedBlob
+
+
+ControlEvent = Union[
+    RunRequested,
+    RunCancelRequested,
+    RunAccepted,
+    RunRejected,
+    RunStarted,
+    RunCancelled,
+    RunStopped,
+    RunSucceeded,
+    RunFailed,
+    RunInterrupted,
+    RunRolledBack,
+    ThreadCreated,
+    ThreadUpdated,
+    ThreadDeleted,
+]
+AnyEvent = Union[ControlEvent, CheckpointSaved, WritesSaved]
+
+TERMINAL_EVENTS = (RunStopped, RunSucceeded, RunFailed, RunInterrupted, RunRolledBack)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> AnyEvent:
+    return _decoder.decode(data)

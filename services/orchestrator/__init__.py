@@ -1,0 +1,1 @@
+"""The orchestrator: the only component that decides what happens on a thread."""

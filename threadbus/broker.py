@@ -1,0 +1,109 @@
+"""Connecting to NATS and creating threadbus's streams, consumers and buckets.
+
+Everything is created with nats-py, idempotently, with exactly the config threadbus needs: an
+existing stream whose config drifted is updated back (never through FastStream's
+``declare=True``, which rewrites configs and drops ``allow_atomic``/``allow_direct``).
+"""
+
+from __future__ import annotations
+
+import nats
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    StorageType,
+    StreamConfig,
+)
+
+from contracts import subjects
+from threadbus import logs
+from threadbus.settings import Settings
+
+log = logs.get("threadbus.broker")
+
+ORCHESTRATOR_CONSUMER = "orchestrator"
+EXECUTOR_CONSUMER = "executor"
+THREADS_BUCKET = "tb_threads"
+ASSISTANTS_BUCKET = "tb_assistants"
+
+
+async def connect(settings: Settings, name: str) -> NATS:
+    async def disconnected():
+        log.warning("nats disconnected", service=name)
+
+    async def reconnected():
+        log.info("nats reconnected", service=name)
+
+    async def error(err):
+        log.warning("nats error", service=name, error=str(err))
+
+    return await nats.connect(
+        servers=[s.strip() for s in settings.nats_url.split(",")],
+        name=f"threadbus-{name}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        error_cb=error,
+    )
+
+
+def thread_stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.THREAD_STREAM,
+        subjects=[f"{subjects.PREFIX}.>"],
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.duplicate_window_s,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        allow_atomic=True,
+        max_msg_size=settings.max_payload_mb * 1024 * 1024,
+    )
+
+
+async def ensure_stream(js, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as err:
+        if err.err_code != 10058:  # stream name already in use with a different configuration
+            raise
+        log.warning("stream config drifted, updating", stream=config.name)
+        await js.update_stream(config)
+
+
+async def bootstrap(nc: NATS, settings: Settings) -> None:
+    js = nc.jetstream()
+    await ensure_stream(js, thread_stream_config(settings))
+    consumers = [
+        ConsumerConfig(
+            durable_name=ORCHESTRATOR_CONSUMER,
+            filter_subject=subjects.all_control(),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30,
+            max_ack_pending=20_000,
+        ),
+        ConsumerConfig(
+            durable_name=EXECUTOR_CONSUMER,
+            filter_subject=subjects.started_any(),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=settings.executor_ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=10_000,
+        ),
+    ]
+    for cfg in consumers:
+        await js.add_consumer(subjects.THREAD_STREAM, cfg)
+    for bucket in (THREADS_BUCKET, ASSISTANTS_BUCKET):
+        try:
+            await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=16, storage=StorageType.FILE, replicas=settings.replicas)
+            )

@@ -1,0 +1,49 @@
+"""Settings of every threadbus process, read from the environment with the prefix ``THREADBUS_``.
+
+``NATS_URL`` is also accepted without the prefix, as NATS tooling uses it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="THREADBUS_", extra="ignore")
+
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        validation_alias=AliasChoices("THREADBUS_NATS_URL", "NATS_URL"),
+        description="NATS server(s), comma-separated.",
+    )
+    config: str = Field(default="langgraph.json", description="Path of the langgraph.json that declares the graphs.")
+    host: str = Field(default="127.0.0.1", description="Gateway listen address.")
+    port: int = Field(default=8123, description="Gateway listen port.")
+    replicas: int = Field(default=1, description="Replicas of every stream and bucket (3 on a cluster).")
+    sync_interval: str | None = Field(
+        default=None, description="Embedded nats-server fsync policy: a duration such as '2m', or 'always'."
+    )
+    duplicate_window_s: float = Field(default=120.0, description="JetStream dedup window of the thread log.")
+    max_payload_mb: int = Field(default=8, description="Largest event (checkpoint) the embedded server accepts.")
+    executor_concurrency: int = Field(default=10, description="Runs one executor process executes at once.")
+    executor_ack_wait_s: float = Field(default=30.0, description="A run is redelivered after this long without a heartbeat.")
+    executor_max_deliver: int = Field(default=5, description="Deliveries of one run before it ends in error.")
+    paused_thread_input: Literal["restart", "reject"] = Field(
+        default="restart",
+        description=(
+            "New input for a thread paused in a human-in-the-loop interrupt: 'restart' runs the graph"
+            " from its entry and drops the pause (LangGraph Platform), 'reject' answers 409."
+        ),
+    )
+    decision_timeout_s: float = Field(default=10.0, description="How long the gateway waits for the orchestrator's decision.")
+    log_level: str = Field(default="info")
+    log_format: Literal["auto", "json", "console"] = Field(default="auto")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,235 @@
+"""The thread log: the one module that talks to JetStream about threads.
+
+Every thread is an append-only sequence of events in the ``TB_THREADS`` stream (subject layout
+in :mod:`contracts.subjects`). Four verbs, with exact semantics:
+
+``read(filter, after=seq)``
+    Every stored message on ``filter`` with a stream sequence greater than ``after``, oldest
+    first, fetched with batched direct gets (no consumer is created). A snapshot: messages
+    appended while it runs may or may not be included.
+
+``append(subject, payload, msg_id=..., expect=seq, expect_filter=...)``
+    Stores one message and returns its stream sequence. ``msg_id`` is deterministic, so a retry
+    is deduplicated by the server. With ``expect``, the append only lands if the last stored
+    message on ``expect_filter`` has exactly that sequence (0: there is none); otherwise
+    :class:`Conflict` is raised and nothing is stored. A publish whose acknowledgement was lost
+    is retried with the same id; if the retry then meets ``wrong last sequence``, the last
+    message on the filter is read and, when it carries our id, the first attempt is taken as
+    the one that landed.
+
+``follow(filter)``
+    An async iterator over the messages on ``filter``: first those already stored, then live
+    ones as they are published, each exactly once (deduplicated by ``Nats-Msg-Id``).
+
+``compact(thread, run, below=seq)``
+    Removes every message of the run with a sequence below ``below`` (the run's tombstone),
+    which drops its control events, checkpoints and writes in one purge. Idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+
+import contracts
+from contracts import subjects
+
+WRONG_LAST_SEQUENCE = 10071
+_BATCH = 256
+
+
+class Conflict(Exception):
+    """An expected-sequence check refused the append: the log moved on since the caller read it."""
+
+    def __init__(self, last_seq: int | None):
+        super().__init__(f"log moved on (last sequence {last_seq})")
+        self.last_seq = last_seq
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    subject: str
+    data: bytes
+    msg_id: str | None
+    time: datetime | None = None
+
+    def event(self) -> contracts.events.AnyEvent:
+        return contracts.decode(self.data)
+
+
+def _entry_from_direct(msg) -> Entry:
+    h = msg.headers or {}
+    stamp = h.get("Nats-Time-Stamp")
+    return Entry(
+        seq=int(h["Nats-Sequence"]),
+        subject=h["Nats-Subject"],
+        data=msg.data,
+        msg_id=h.get("Nats-Msg-Id"),
+        time=datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None,
+    )
+
+
+class ThreadLog:
+    def __init__(self, nc: NATS, stream: str = subjects.THREAD_STREAM, timeout: float = 5.0, attempts: int = 4):
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout)
+        self.stream = stream
+        self.timeout = timeout
+        self.attempts = attempts
+
+    # -- read ---------------------------------------------------------------------------------
+    async def read(self, filter_subject: str, after: int = 0) -> list[Entry]:
+        out: list[Entry] = []
+        start = after + 1
+        while True:
+            batch, pending = await self._direct_batch(filter_subject, start)
+            out.extend(batch)
+            if not batch or not pending:
+                return out
+            start = batch[-1].seq + 1
+
+    async def _direct_batch(self, filter_subject: str, start: int) -> tuple[list[Entry], int]:
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            req = {"seq": start, "next_by_subj": filter_subject, "batch": _BATCH}
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(req).encode(), reply=inbox)
+            entries: list[Entry] = []
+            while True:
+                msg = await sub.next_msg(timeout=self.timeout)
+                status = msg.headers.get("Status") if msg.headers else None
+                if status == "404":
+                    return entries, 0
+                if status == "204":
+                    return entries, int(msg.headers.get("Nats-Num-Pending", "0"))
+                if status:
+                    raise nats.js.errors.APIError.from_msg(msg)
+                entries.append(_entry_from_direct(msg))
+        finally:
+            await sub.unsubscribe()
+
+    async def last(self, filter_subject: str) -> Entry | None:
+        """The newest stored message on ``filter_subject`` (wildcards allowed), or None."""
+        try:
+            msg = await self.js.get_last_msg(self.stream, filter_subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        h = msg.headers or {}
+        return Entry(seq=msg.seq, subject=msg.subject, data=msg.data or b"", msg_id=h.get("Nats-Msg-Id"), time=msg.time)
+
+    # -- append -------------------------------------------------------------------------------
+    async def append(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        expect: int | None = None,
+        expect_filter: str | None = None,
+    ) -> int:
+        headers = {"Nats-Msg-Id": msg_id}
+        if expect is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expect)
+            if expect_filter is not None:
+                headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expect_filter
+        for attempt in range(self.attempts):
+            try:
+                ack = await self.js.publish(subject, payload, headers=headers, stream=self.stream)
+                return ack.seq
+            except nats.js.errors.APIError as err:
+                if err.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                if attempt > 0:
+                    # Our earlier attempt may have landed before its ack was lost.
+                    newest = await self.last(expect_filter or subject)
+                    if newest is not None and newest.msg_id == msg_id:
+                        return newest.seq
+                raise Conflict(_last_seq_from(err)) from None
+            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.ConnectionClosedError):
+                if attempt == self.attempts - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def append_event(self, event: contracts.Event, *, expect: int | None = None, scope: str = "thread") -> int:
+        """Append a control event on its subject. ``scope`` names what ``expect`` guards:
+        ``"thread"`` (all of the thread's control events) or ``"run"`` (the run's)."""
+        run_id = getattr(event, "run_id", None)
+        name = type(event).__name__
+        subject = subjects.control_event(event.thread_id, run_id, name)
+        expect_filter = None
+        if expect is not None:
+            expect_filter = (
+                subjects.thread_control(event.thread_id) if scope == "thread" else subjects.run_control(event.thread_id, run_id)
+            )
+        return await self.append(
+            subject, contracts.encode(event), msg_id=event_msg_id(event), expect=expect, expect_filter=expect_filter
+        )
+
+    # -- follow -------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def follow(self, filter_subject: str) -> AsyncIterator[AsyncIterator[Entry]]:
+        """Subscribe first, then read the backlog, so that nothing published in between is missed."""
+        live: asyncio.Queue = asyncio.Queue()
+
+        async def on_msg(msg):
+            live.put_nowait(msg)
+
+        sub = await self.nc.subscribe(filter_subject, cb=on_msg)
+        try:
+            backlog = await self.read(filter_subject)
+
+            async def iterate() -> AsyncIterator[Entry]:
+                seen = {e.msg_id for e in backlog if e.msg_id}
+                for e in backlog:
+                    yield e
+                while True:
+                    msg = await live.get()
+                    mid = (msg.headers or {}).get("Nats-Msg-Id")
+                    if mid and mid in seen:
+                        continue
+                    if mid:
+                        seen.add(mid)
+                    yield Entry(seq=0, subject=msg.subject, data=msg.data, msg_id=mid)
+
+            yield iterate()
+        finally:
+            await sub.unsubscribe()
+
+    # -- compact ------------------------------------------------------------------------------
+    async def compact(self, thread_id: str, run_id: str, below: int) -> None:
+        await self.js.purge_stream(self.stream, subject=subjects.run_all(thread_id, run_id), seq=below)
+
+    async def delete_thread(self, thread_id: str) -> None:
+        await self.js.purge_stream(self.stream, subject=subjects.thread_all(thread_id))
+
+    async def purge(self, filter_subject: str) -> None:
+        await self.js.purge_stream(self.stream, subject=filter_subject)
+
+
+def event_msg_id(event: contracts.Event) -> str:
+    """Deterministic message id: a retried or replayed append of the same decision is a duplicate."""
+    run_id = getattr(event, "run_id", None)
+    token = subjects.EVENT_TOKENS[type(event).__name__]
+    if run_id is not None:
+        return f"{token}:{event.thread_id}:{run_id}"
+    # Thread updates can repeat; their identity is their content and time.
+    return f"{token}:{event.thread_id}:{event.at.isoformat()}"
+
+
+def _last_seq_from(err: nats.js.errors.APIError) -> int | None:
+    desc = err.description or ""
+    try:
+        return int(desc.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
