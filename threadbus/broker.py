@@ -83,6 +83,10 @@ async def bootstrap(nc: NATS, settings: Settings) -> None:
         ConsumerConfig(
             durable_name=ORCHESTRATOR_CONSUMER,
             filter_subject=subjects.all_control(),
+            # Push, so that decisions are taken the moment an event lands.
+            deliver_subject="_TB.deliver.orchestrator",
+            flow_control=True,
+            idle_heartbeat=5,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=30,

@@ -211,7 +211,10 @@ class ThreadLog:
         await self.js.purge_stream(self.stream, subject=subjects.run_all(thread_id, run_id), seq=below)
 
     async def delete_thread(self, thread_id: str) -> None:
-        await self.js.purge_stream(self.stream, subject=subjects.thread_all(thread_id))
+        """Leaves only a ``ThreadDeleted`` tombstone, so that the orchestrator forgets the thread
+        and any executor still running one of its runs is refused at its next append."""
+        seq = await self.append_event(contracts.ThreadDeleted(thread_id=thread_id))
+        await self.js.purge_stream(self.stream, subject=subjects.thread_all(thread_id), seq=seq)
 
     async def purge(self, filter_subject: str) -> None:
         await self.js.purge_stream(self.stream, subject=filter_subject)

@@ -1,0 +1,1 @@
+"""The executor: runs started runs' graphs and reports how they ended."""

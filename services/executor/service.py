@@ -1,0 +1,232 @@
+"""The executor process.
+
+Executors share the durable pull consumer ``executor`` whose messages are the ``RunStarted``
+decisions. A run is executed with a checkpointer guarded by the run's ``RunStarted`` sequence:
+every checkpoint, write and outcome is appended only while that event is still the newest
+control event of the run. When the orchestrator cancels the run (``RunCancelled``) the task is
+cancelled at once; a zombie that missed the cancel is refused at its next append. Either way
+the executor confirms with ``RunStopped`` (invariant 2), unless the run was already compacted.
+
+The message is acknowledged only once the outcome is in the log; until then it is kept alive
+with in-progress heartbeats, and redelivered to another executor if this one dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import nats.errors
+import structlog
+from langgraph.types import Command, Send
+from nats.aio.client import Client as NATS
+
+import contracts
+from contracts import subjects
+from threadbus import broker, logs
+from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSuperseded
+from threadbus.graphs import GraphRegistry
+from threadbus.jsonable import jsonable
+from threadbus.settings import Settings
+from threadbus.threadlog import Conflict, ThreadLog
+
+log = logs.get("threadbus.executor")
+
+
+class Executor:
+    def __init__(self, nc: NATS, settings: Settings, graphs: GraphRegistry):
+        self.nc = nc
+        self.settings = settings
+        self.graphs = graphs
+        self.log = ThreadLog(nc)
+        self.saver = JetStreamSaver(self.log)
+        self.active: dict[str, asyncio.Task] = {}
+        self.cancelled: set[str] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        js = self.nc.jetstream()
+        psub = await js.pull_subscribe_bind(durable=broker.EXECUTOR_CONSUMER, stream=subjects.THREAD_STREAM)
+        cancels = await self.nc.subscribe(subjects.cancelled_any(), cb=self._on_cancel)
+        slots = asyncio.Semaphore(self.settings.executor_concurrency)
+        log.info("executor consuming", concurrency=self.settings.executor_concurrency)
+        tasks: set[asyncio.Task] = set()
+        try:
+            while not stop.is_set():
+                await slots.acquire()
+                try:
+                    msgs = await psub.fetch(1, timeout=1)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    slots.release()
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    slots.release()
+                    break
+                task = asyncio.create_task(self._execute(msgs[0]))
+                tasks.add(task)
+                task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+        finally:
+            # Runs in progress finish (each acks its own message); what does not is redelivered.
+            if tasks:
+                log.info("waiting for runs in progress", runs=len(tasks))
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await cancels.unsubscribe()
+            await psub.unsubscribe()
+
+    async def _on_cancel(self, msg) -> None:
+        run_id = subjects.run_of(msg.subject)
+        task = self.active.get(run_id)
+        if task is not None:
+            self.cancelled.add(run_id)
+            task.cancel()
+
+    async def _execute(self, msg) -> None:
+        started_seq = msg.metadata.sequence.stream
+        started = contracts.decode(msg.data)
+        thread_id, run_id = started.thread_id, started.run_id
+        with structlog.contextvars.bound_contextvars(thread_id=thread_id, run_id=run_id):
+            try:
+                await self._execute_run(msg, thread_id, run_id, started_seq)
+            except Exception:
+                log.exception("run handling failed; it will be redelivered")
+                return
+            await msg.ack()
+
+    async def _execute_run(self, msg, thread_id: str, run_id: str, started_seq: int) -> None:
+        entries = await self.log.read(subjects.run_control(thread_id, run_id))
+        if not entries or entries[-1].seq != started_seq:
+            # Cancelled, finished or compacted since it was started: nothing to execute.
+            await self._confirm_stop(thread_id, run_id)
+            return
+        requested = next((e.event() for e in entries if e.subject.endswith(".requested")), None)
+        if requested is None:
+            return
+        deliveries = msg.metadata.num_delivered
+        if deliveries > self.settings.executor_max_deliver:
+            await self._finish(
+                contracts.RunFailed(
+                    thread_id=thread_id,
+                    run_id=run_id,
+                    error="MaxDeliveriesExceeded",
+                    message=f"the run was delivered {deliveries - 1} times without finishing",
+                ),
+                started_seq,
+            )
+            return
+        self.active[run_id] = asyncio.current_task()
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        log.info("run executing", graph_id=requested.graph_id, attempt=deliveries)
+        try:
+            outcome = await self._run_graph(requested, started_seq, retry=deliveries > 1)
+        except (RunSuperseded, asyncio.CancelledError) as err:
+            if isinstance(err, asyncio.CancelledError) and run_id not in self.cancelled:
+                raise
+            await self._confirm_stop(thread_id, run_id)
+            return
+        except Exception as err:
+            log.warning("graph raised", error=repr(err))
+            outcome = contracts.RunFailed(
+                thread_id=thread_id, run_id=run_id, error=type(err).__name__, message=str(err)
+            )
+        finally:
+            heartbeat.cancel()
+            self.active.pop(run_id, None)
+            self.cancelled.discard(run_id)
+        await self._finish(outcome, started_seq)
+        if requested.kwargs.temporary:
+            await self.log.delete_thread(thread_id)
+
+    async def _finish(self, outcome: contracts.Event, started_seq: int) -> None:
+        try:
+            await self.log.append_event(outcome, expect=started_seq, scope="run")
+            log.info("run ended", outcome=type(outcome).__name__)
+        except Conflict:
+            await self._confirm_stop(outcome.thread_id, outcome.run_id)
+
+    async def _confirm_stop(self, thread_id: str, run_id: str) -> None:
+        """Append ``RunStopped`` if the run's newest control event is a cancel still unconfirmed."""
+        last = await self.log.last(subjects.run_control(thread_id, run_id))
+        if last is None or not last.subject.endswith(".cancelled"):
+            return
+        with contextlib.suppress(Conflict):
+            await self.log.append_event(contracts.RunStopped(thread_id=thread_id, run_id=run_id), expect=last.seq, scope="run")
+            log.info("run stopped")
+
+    async def _heartbeat(self, msg) -> None:
+        interval = max(self.settings.executor_ack_wait_s / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _run_graph(self, requested: contracts.RunRequested, started_seq: int, *, retry: bool) -> contracts.Event:
+        thread_id, run_id = requested.thread_id, requested.run_id
+        kwargs = requested.kwargs
+        config = run_config(requested)
+        graph = await self.graphs.build(requested.graph_id, config)
+        saver = self.saver.bound(RunGuard(thread_id=thread_id, run_id=run_id, started_seq=started_seq))
+        graph = graph.copy(update={"checkpointer": saver})
+        graph_input: Any = command_from(kwargs.command) if kwargs.command else kwargs.input
+        if retry and await self._has_checkpoint_of(thread_id, run_id):
+            # An earlier delivery got some steps done: continue from its last checkpoint.
+            graph_input = None
+        async for _ in graph.astream(
+            graph_input,
+            config,
+            context=kwargs.context or None,
+            stream_mode="values",
+            interrupt_before=kwargs.interrupt_before,
+            interrupt_after=kwargs.interrupt_after,
+        ):
+            pass
+        snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+        values = jsonable(snapshot.values)
+        if snapshot.next:
+            interrupts = {
+                task.id: [jsonable(i) for i in task.interrupts] for task in snapshot.tasks if task.interrupts
+            }
+            return contracts.RunInterrupted(thread_id=thread_id, run_id=run_id, values=values, interrupts=interrupts)
+        return contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, values=values)
+
+    async def _has_checkpoint_of(self, thread_id: str, run_id: str) -> bool:
+        newest = await self.log.last(subjects.checkpoints(thread_id))
+        return newest is not None and subjects.run_of(newest.subject) == run_id
+
+
+def run_config(requested: contracts.RunRequested) -> dict[str, Any]:
+    kwargs = requested.kwargs
+    config = dict(kwargs.config)
+    configurable = dict(config.get("configurable") or {})
+    configurable.update(
+        thread_id=requested.thread_id,
+        run_id=requested.run_id,
+        assistant_id=requested.assistant_id,
+        graph_id=requested.graph_id,
+    )
+    if kwargs.checkpoint_id:
+        configurable["checkpoint_id"] = kwargs.checkpoint_id
+    if kwargs.checkpoint:
+        configurable.update(kwargs.checkpoint)
+    config["configurable"] = configurable
+    config["metadata"] = {
+        **(config.get("metadata") or {}),
+        **requested.metadata,
+        "run_id": requested.run_id,
+        "thread_id": requested.thread_id,
+        "assistant_id": requested.assistant_id,
+        "graph_id": requested.graph_id,
+    }
+    return config
+
+
+def command_from(command: dict[str, Any]) -> Command:
+    goto = command.get("goto")
+    if goto is not None:
+        goto = [_send_or_node(g) for g in goto] if isinstance(goto, list) else _send_or_node(goto)
+    return Command(resume=command.get("resume"), update=command.get("update"), goto=goto or ())
+
+
+def _send_or_node(goto: Any) -> Any:
+    if isinstance(goto, dict):
+        return Send(goto["node"], goto.get("input"))
+    return goto

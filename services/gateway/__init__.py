@@ -1,0 +1,1 @@
+"""The gateway: LangGraph Platform's HTTP API over the thread log."""

@@ -1,0 +1,98 @@
+"""The gateway's FastAPI application."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+import threadbus
+from services.gateway import assistants, runs, threads
+from services.gateway.backend import Backend
+from threadbus import broker, logs
+from threadbus.graphs import GraphRegistry
+from threadbus.settings import Settings
+
+log = logs.get("threadbus.gateway")
+
+NOT_BUILT = {
+    "/store": "The long-term memory store API is not built yet",
+    "/threads/{thread_id}/runs/crons": "Crons are not built yet",
+    "/runs/crons": "Crons are not built yet",
+    "/threads/{thread_id}/stream": "Streaming a thread is not built yet",
+}
+
+
+def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nc = await broker.connect(settings, "gateway")
+        backend = Backend(nc, settings, graphs)
+        await backend.start()
+        app.state.backend = backend
+        log.info("gateway ready", graphs=graphs.ids())
+        try:
+            yield
+        finally:
+            await nc.drain()
+
+    app = FastAPI(title="threadbus", version=threadbus.__version__, lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return JSONResponse({"detail": _jsonable_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/ok")
+    async def ok():
+        return {"ok": True}
+
+    @app.get("/info")
+    async def info():
+        return {
+            "version": threadbus.__version__,
+            "langgraph_py_version": _version("langgraph"),
+            "flags": {"assistants": True, "crons": False, "langsmith": False},
+            "host": {"kind": "threadbus"},
+        }
+
+    app.include_router(assistants.router)
+    app.include_router(threads.router)
+    app.include_router(runs.router)
+    for path, detail in NOT_BUILT.items():
+        _not_built(app, path, detail)
+    return app
+
+
+def _not_built(app: FastAPI, path: str, detail: str) -> None:
+    async def handler():
+        raise HTTPException(501, detail)
+
+    app.add_api_route(path, handler, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    app.add_api_route(path + "/{rest:path}", handler, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+
+
+def _jsonable_errors(errors):
+    out = []
+    for err in errors:
+        err = dict(err)
+        err.pop("ctx", None)
+        err.pop("url", None)
+        if "input" in err and not isinstance(err["input"], (str, int, float, bool, type(None), list, dict)):
+            err["input"] = str(err["input"])
+        out.append(err)
+    return out
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

@@ -1,0 +1,99 @@
+"""Routes: /assistants."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from langgraph.pregel import Pregel
+
+from services.gateway.models import AssistantCount, AssistantCreate, AssistantPatch, AssistantSearch
+
+router = APIRouter(prefix="/assistants", tags=["assistants"])
+
+
+def backend(request: Request):
+    return request.app.state.backend
+
+
+@router.post("")
+async def create(body: AssistantCreate, request: Request):
+    return await backend(request).create_assistant(body)
+
+
+@router.post("/search")
+async def search(body: AssistantSearch, request: Request):
+    found = await backend(request).search_assistants(body.graph_id, body.metadata, body.name)
+    if body.sort_by:
+        found.sort(key=lambda a: a.get(body.sort_by) or "", reverse=body.sort_order != "asc")
+    page = found[body.offset : body.offset + body.limit]
+    if body.select:
+        page = [{k: a.get(k) for k in body.select} for a in page]
+    return page
+
+
+@router.post("/count")
+async def count(body: AssistantCount, request: Request):
+    return len(await backend(request).search_assistants(body.graph_id, body.metadata, body.name))
+
+
+@router.get("/{assistant_id}")
+async def get(assistant_id: str, request: Request):
+    return await backend(request).get_assistant(assistant_id)
+
+
+@router.patch("/{assistant_id}")
+async def patch(assistant_id: str, body: AssistantPatch, request: Request):
+    return await backend(request).patch_assistant(assistant_id, body)
+
+
+@router.delete("/{assistant_id}", status_code=204)
+async def delete(assistant_id: str, request: Request):
+    await backend(request).delete_assistant(assistant_id)
+    return Response(status_code=204)
+
+
+async def _graph(assistant_id: str, request: Request) -> tuple[dict, Pregel]:
+    b = backend(request)
+    assistant = await b.get_assistant(assistant_id)
+    return assistant, await b.graph_for(assistant)
+
+
+@router.get("/{assistant_id}/graph")
+async def graph(assistant_id: str, request: Request, xray: int | bool = False):
+    _, g = await _graph(assistant_id, request)
+    drawable = await g.aget_graph(xray=xray)
+    return drawable.to_json()
+
+
+@router.get("/{assistant_id}/schemas")
+async def schemas(assistant_id: str, request: Request):
+    assistant, g = await _graph(assistant_id, request)
+
+    def schema(get):
+        try:
+            return get()
+        except Exception:  # a graph whose schema cannot be rendered still has the others
+            return None
+
+    return {
+        "graph_id": assistant["graph_id"],
+        "input_schema": schema(lambda: g.get_input_jsonschema()),
+        "output_schema": schema(lambda: g.get_output_jsonschema()),
+        "state_schema": schema(lambda: g.get_input_jsonschema() if not hasattr(g, "builder") else _state_schema(g)),
+        "config_schema": schema(lambda: g.config_schema().model_json_schema()),
+        "context_schema": schema(lambda: g.get_context_jsonschema()),
+    }
+
+
+def _state_schema(g: Pregel):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(g.builder.state_schema).json_schema()
+
+
+@router.get("/{assistant_id}/subgraphs")
+async def subgraphs(assistant_id: str, request: Request, recurse: bool = False):
+    _, g = await _graph(assistant_id, request)
+    result = {}
+    async for ns, sub in g.aget_subgraphs(recurse=recurse):
+        result[ns] = {"graph_id": ns, "input_schema": sub.get_input_jsonschema(), "output_schema": sub.get_output_jsonschema()}
+    return result

@@ -1,0 +1,150 @@
+"""The orchestrator process: folds every thread's control events and appends its decisions.
+
+It consumes all control events in stream order from the durable ``orchestrator`` consumer.
+Messages that are waiting are taken together, grouped by thread, and the threads are handled
+concurrently, each in log order. A thread's state is cached in memory and rebuilt from its log
+on first sight, so a restart loses nothing (DESIGN invariant 6).
+
+Decisions are appended one at a time with an expected-sequence check over the thread's control
+events: if anything was appended since the state was folded, the append is refused, the state
+catches up from the log and the decision is made again. A second orchestrator, or one that
+resumes after a pause, cannot append a decision based on a stale state (invariant 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, defaultdict
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+
+import contracts
+from contracts import subjects
+from services.orchestrator.decider import ThreadState, evolve, fold, next_decision
+from threadbus import broker, logs
+from threadbus.settings import Settings
+from threadbus.threadlog import Conflict, ThreadLog
+
+log = logs.get("threadbus.orchestrator")
+
+_CACHE_SIZE = 50_000
+_MAX_BATCH = 512
+
+
+class Orchestrator:
+    def __init__(self, nc: NATS, settings: Settings):
+        self.nc = nc
+        self.settings = settings
+        self.log = ThreadLog(nc)
+        self.states: OrderedDict[str, ThreadState] = OrderedDict()
+        self.inbox: asyncio.Queue = asyncio.Queue()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        js = self.nc.jetstream()
+        psub = await js.subscribe(
+            subjects.all_control(),
+            durable=broker.ORCHESTRATOR_CONSUMER,
+            stream=subjects.THREAD_STREAM,
+            manual_ack=True,
+            cb=self._enqueue,
+        )
+        log.info("orchestrator consuming", consumer=broker.ORCHESTRATOR_CONSUMER)
+        worker = asyncio.create_task(self._work())
+        try:
+            await stop.wait()
+        finally:
+            await psub.unsubscribe()
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+
+    async def _enqueue(self, msg) -> None:
+        self.inbox.put_nowait(msg)
+
+    async def _work(self) -> None:
+        while True:
+            batch = [await self.inbox.get()]
+            while not self.inbox.empty() and len(batch) < _MAX_BATCH:
+                batch.append(self.inbox.get_nowait())
+            by_thread: dict[str, list] = defaultdict(list)
+            for msg in batch:
+                by_thread[subjects.thread_of(msg.subject)].append(msg)
+            results = await asyncio.gather(
+                *(self._handle_thread(tid, msgs) for tid, msgs in by_thread.items()), return_exceptions=True
+            )
+            for (tid, msgs), result in zip(by_thread.items(), results):
+                if isinstance(result, BaseException):
+                    # Unacked messages come back after ack_wait; the thread is retried from its log.
+                    self.states.pop(tid, None)
+                    log.error("thread handling failed", thread_id=tid, error=repr(result), exc_info=result)
+                    continue
+                await asyncio.gather(*(m.ack() for m in msgs), return_exceptions=True)
+
+    async def _handle_thread(self, thread_id: str, msgs: list) -> None:
+        with structlog.contextvars.bound_contextvars(thread_id=thread_id):
+            state = self.states.get(thread_id)
+            if state is None:
+                state = await self._load(thread_id)
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                if seq <= state.seq:
+                    continue
+                try:
+                    event = contracts.decode(msg.data)
+                except msgspec.ValidationError as err:
+                    log.warning("invalid event skipped", subject=msg.subject, seq=seq, error=str(err))
+                    continue
+                state = evolve(state, event, seq)
+            state = await self._settle(state)
+            self._remember(state)
+
+    async def _load(self, thread_id: str) -> ThreadState:
+        return await self._catch_up(ThreadState(thread_id=thread_id))
+
+    async def _catch_up(self, state: ThreadState) -> ThreadState:
+        entries = await self.log.read(subjects.thread_control(state.thread_id), after=state.seq)
+        return fold(state, _decoded(entries))
+
+    async def _settle(self, state: ThreadState) -> ThreadState:
+        conflicts = 0
+        while (decision := next_decision(state, self.settings.paused_thread_input)) is not None:
+            try:
+                seq = await self.log.append_event(decision, expect=state.seq, scope="thread")
+            except Conflict:
+                conflicts += 1
+                caught_up = await self._catch_up(state)
+                if caught_up.seq == state.seq or conflicts > 3:
+                    # Nothing newer to read, yet the check failed: our view is wrong; rebuild it.
+                    caught_up = await self._load(state.thread_id)
+                state = caught_up
+                continue
+            state = evolve(state, decision, seq)
+            run_id = getattr(decision, "run_id", None)
+            log.info("decided", decision=type(decision).__name__, run_id=run_id, seq=seq, **_details(decision))
+            if isinstance(decision, contracts.RunRolledBack):
+                await self.log.compact(state.thread_id, decision.run_id, below=seq)
+        return state
+
+    def _remember(self, state: ThreadState) -> None:
+        self.states[state.thread_id] = state
+        self.states.move_to_end(state.thread_id)
+        while len(self.states) > _CACHE_SIZE:
+            self.states.popitem(last=False)
+
+
+def _decoded(entries):
+    for entry in entries:
+        try:
+            yield entry.seq, entry.event()
+        except msgspec.ValidationError:
+            log.warning("invalid event skipped", subject=entry.subject, seq=entry.seq)
+
+
+def _details(decision) -> dict:
+    match decision:
+        case contracts.RunRejected(reason=reason):
+            return {"reason": reason}
+        case contracts.RunCancelled(action=action):
+            return {"action": action}
+    return {}

@@ -1,0 +1,155 @@
+"""The ``threadbus`` command.
+
+``threadbus dev`` runs everything in one process on an embedded nats-server; ``threadbus
+gateway|orchestrator|executor`` run one service each against ``NATS_URL``, as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from threadbus import broker, logs
+from threadbus.settings import Settings
+
+log = logs.get("threadbus")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: threadbus stops every component in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def _graphs(settings: Settings):
+    from threadbus.graphs import GraphRegistry
+
+    return GraphRegistry(settings.config)
+
+
+async def run_gateway(settings: Settings, stop: asyncio.Event, graphs=None) -> None:
+    from services.gateway.app import create_app
+
+    app = create_app(settings, graphs or _graphs(settings))
+    server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False))
+    serving = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    await serving
+
+
+async def run_orchestrator(settings: Settings, stop: asyncio.Event) -> None:
+    from services.orchestrator.service import Orchestrator
+
+    nc = await broker.connect(settings, "orchestrator")
+    try:
+        await broker.bootstrap(nc, settings)
+        await Orchestrator(nc, settings).run(stop)
+    finally:
+        await nc.drain()
+
+
+async def run_executor(settings: Settings, stop: asyncio.Event, graphs=None) -> None:
+    from services.executor.service import Executor
+
+    nc = await broker.connect(settings, "executor")
+    try:
+        await broker.bootstrap(nc, settings)
+        await Executor(nc, settings, graphs or _graphs(settings)).run(stop)
+    finally:
+        await nc.drain()
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _run_one(name: str, settings: Settings) -> None:
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    runner = {"gateway": run_gateway, "orchestrator": run_orchestrator, "executor": run_executor}[name]
+    await runner(settings, stop)
+    log.info("stopped", service=name)
+
+
+async def _run_dev(settings: Settings, data_dir: Path, nats_url: str | None) -> None:
+    from threadbus.embedded import EmbeddedNats
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    server = None
+    if nats_url is None:
+        server = EmbeddedNats(data_dir / "nats", sync_interval=settings.sync_interval, max_payload_mb=settings.max_payload_mb)
+        settings.nats_url = await asyncio.to_thread(server.start)
+        log.info("embedded nats-server started", url=settings.nats_url, data_dir=str(data_dir / "nats"))
+    try:
+        graphs = _graphs(settings)
+        # The broker's streams exist before any service subscribes.
+        nc = await broker.connect(settings, "dev")
+        await broker.bootstrap(nc, settings)
+        await nc.close()
+        services = [
+            asyncio.create_task(run_orchestrator(settings, stop), name="orchestrator"),
+            asyncio.create_task(run_executor(settings, stop, graphs), name="executor"),
+            asyncio.create_task(run_gateway(settings, stop, graphs), name="gateway"),
+        ]
+        log.info("threadbus dev serving", url=f"http://{settings.host}:{settings.port}", graphs=graphs.ids())
+        done, _ = await asyncio.wait(services, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        results = await asyncio.gather(*services, return_exceptions=True)
+        for task, result in zip(services, results):
+            if isinstance(result, BaseException):
+                log.error("service failed", service=task.get_name(), error=repr(result))
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+            log.info("embedded nats-server stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="threadbus", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run everything on one machine with an embedded nats-server")
+    dev.add_argument("--config", help="langgraph.json (default: THREADBUS_CONFIG or ./langgraph.json)")
+    dev.add_argument("--host")
+    dev.add_argument("--port", type=int)
+    dev.add_argument("--data-dir", default=os.environ.get("THREADBUS_DATA_DIR", ".threadbus"))
+    dev.add_argument("--nats-url", help="use this NATS server instead of starting one")
+    for name in ("gateway", "orchestrator", "executor"):
+        p = sub.add_parser(name, help=f"run the {name} against NATS_URL")
+        if name != "orchestrator":
+            p.add_argument("--config", help="langgraph.json (default: THREADBUS_CONFIG or ./langgraph.json)")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    for field in ("config", "host", "port"):
+        value = getattr(args, field, None)
+        if value is not None:
+            setattr(settings, field, value)
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        if args.command == "dev":
+            if args.nats_url:
+                settings.nats_url = args.nats_url
+            asyncio.run(_run_dev(settings, Path(args.data_dir), args.nats_url))
+        else:
+            asyncio.run(_run_one(args.command, settings))
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
