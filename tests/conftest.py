@@ -36,3 +36,30 @@ def nats_url(tmp_path_factory):
 @pytest.fixture
 def thread_id() -> str:
     return str(uuid.uuid4())
+
+
+@pytest.fixture(scope="session")
+def server(nats_url, tmp_path_factory):
+    """One `threadbus dev` process on the session's nats-server, serving the test graphs."""
+    from tests.support import TEST_GRAPHS, ThreadbusProcess
+
+    proc = ThreadbusProcess(
+        ["dev", "--nats-url", nats_url, "--config", str(TEST_GRAPHS)],
+        log_path=tmp_path_factory.mktemp("threadbus") / "threadbus.log",
+    ).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def client(server):
+    from langgraph_sdk import get_client
+
+    return get_client(url=server.url)
+
+
+@pytest.fixture
+def sync_client(server):
+    from langgraph_sdk import get_sync_client
+
+    return get_sync_client(url=server.url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from langgraph.pregel import Pregel
+from pydantic import TypeAdapter
 
 from services.gateway.models import AssistantCount, AssistantCreate, AssistantPatch, AssistantSearch
 
@@ -67,27 +68,23 @@ async def graph(assistant_id: str, request: Request, xray: int | bool = False):
 @router.get("/{assistant_id}/schemas")
 async def schemas(assistant_id: str, request: Request):
     assistant, g = await _graph(assistant_id, request)
+    return {"graph_id": assistant["graph_id"], **graph_schemas(g)}
 
-    def schema(get):
+
+def graph_schemas(g: Pregel) -> dict:
+    def render(get):
         try:
             return get()
         except Exception:  # a graph whose schema cannot be rendered still has the others
             return None
 
     return {
-        "graph_id": assistant["graph_id"],
-        "input_schema": schema(lambda: g.get_input_jsonschema()),
-        "output_schema": schema(lambda: g.get_output_jsonschema()),
-        "state_schema": schema(lambda: g.get_input_jsonschema() if not hasattr(g, "builder") else _state_schema(g)),
-        "config_schema": schema(lambda: g.config_schema().model_json_schema()),
-        "context_schema": schema(lambda: g.get_context_jsonschema()),
+        "input_schema": render(g.get_input_jsonschema),
+        "output_schema": render(g.get_output_jsonschema),
+        "state_schema": render(lambda: TypeAdapter(g.builder.state_schema).json_schema()),
+        "config_schema": render(g.get_config_jsonschema),
+        "context_schema": render(g.get_context_jsonschema),
     }
-
-
-def _state_schema(g: Pregel):
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(g.builder.state_schema).json_schema()
 
 
 @router.get("/{assistant_id}/subgraphs")
@@ -95,5 +92,5 @@ async def subgraphs(assistant_id: str, request: Request, recurse: bool = False):
     _, g = await _graph(assistant_id, request)
     result = {}
     async for ns, sub in g.aget_subgraphs(recurse=recurse):
-        result[ns] = {"graph_id": ns, "input_schema": sub.get_input_jsonschema(), "output_schema": sub.get_output_jsonschema()}
+        result[ns] = graph_schemas(sub)
     return result

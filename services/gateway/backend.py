@@ -188,10 +188,13 @@ class Backend:
         current = await self.get_assistant(assistant_id)
         if body.graph_id is not None and body.graph_id not in self.graphs:
             raise HTTPException(404, f"Graph {body.graph_id!r} not found")
-        changes = body.model_dump(exclude_none=True)
+        changes = body.model_dump(exclude_none=True, exclude={"metadata"})
+        if not body.config:
+            changes.pop("config", None)
 
         def change(record):
             record.update(changes)
+            record["metadata"] = {**(record.get("metadata") or {}), **(body.metadata or {})}
             record["version"] = record.get("version", 1) + 1
             record["updated_at"] = iso_now()
             return record

@@ -1,0 +1,148 @@
+"""JetStreamSaver against a real nats-server: LangGraph's conformance suite plus threadbus's guard."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import nats
+import pytest
+from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.checkpoint.conformance.report import ProgressCallbacks
+from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_config, generate_metadata
+from langgraph.checkpoint.serde.types import ERROR
+
+import contracts
+from contracts import subjects
+from threadbus.broker import bootstrap
+from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSuperseded
+from threadbus.settings import Settings
+from threadbus.threadlog import ThreadLog
+
+# delete_for_runs is not implemented (see threadbus.checkpointer): rollback is ThreadLog.compact.
+CAPABILITIES = ["put", "put_writes", "get_tuple", "list", "delete_thread", "copy_thread", "prune"]
+
+
+@pytest.fixture(scope="session")
+async def log(nats_url):
+    nc = await nats.connect(nats_url)
+    await bootstrap(nc, Settings())
+    yield ThreadLog(nc)
+    await nc.drain()
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+async def test_conformance(log, capability):
+    @checkpointer_test(name="JetStreamSaver")
+    async def saver():
+        yield JetStreamSaver(log)
+
+    # Only per-test lines: the verbose preset also reports every unselected capability "not implemented".
+    progress = ProgressCallbacks(on_test_result=ProgressCallbacks.verbose().on_test_result)
+    report = await validate(saver, capabilities={capability}, progress=progress)
+    result = report.results[capability]
+    assert result.detected, f"{capability} not implemented"
+    assert result.passed and result.tests_failed == 0, "\n".join(result.failures)
+
+
+async def test_superseded_run_cannot_write(log, thread_id):
+    run_id = str(uuid.uuid4())
+    # Guarding on "no control event yet" (0) instead of appending a RunStarted keeps an executor
+    # that shares this nats-server (the API tests' server) from picking the run up.
+    saver = JetStreamSaver(log).bound(RunGuard(thread_id, run_id, started_seq=0))
+
+    # The run's own records do not move its control subject: it keeps writing.
+    first = await saver.aput(generate_config(thread_id), generate_checkpoint(), generate_metadata(step=0), {})
+    await saver.aput_writes(first, [("ch", "kept")], "task-1")
+    second = await saver.aput(
+        generate_config(thread_id, checkpoint_id=first["configurable"]["checkpoint_id"]),
+        generate_checkpoint(),
+        generate_metadata(step=1),
+        {},
+    )
+
+    await log.append_event(contracts.RunCancelled(thread_id=thread_id, run_id=run_id, action="interrupt"))
+    with pytest.raises(RunSuperseded):
+        await saver.aput(
+            generate_config(thread_id, checkpoint_id=second["configurable"]["checkpoint_id"]),
+            generate_checkpoint(),
+            generate_metadata(step=2),
+            {},
+        )
+    with pytest.raises(RunSuperseded):
+        await saver.aput_writes(second, [("ch", "lost")], "task-2")
+
+    assert len(await log.read(subjects.checkpoints(thread_id))) == 2
+    assert len(await log.read(subjects.writes(thread_id))) == 1
+    latest = await saver.aget_tuple(generate_config(thread_id))
+    assert latest.config == second and latest.pending_writes == []
+    # The gateway's unguarded saver is not bound by the run.
+    await JetStreamSaver(log).aput_writes(second, [("ch", "update")], "task-3")
+
+
+async def test_write_precedence(log, thread_id):
+    """A regular write of a (task, idx) is kept from the first call, a special one (error,
+    interrupt, ...) from the last; reads return them in writes_sort_key order."""
+    saver = JetStreamSaver(log)
+    stored = await saver.aput(generate_config(thread_id), generate_checkpoint(), generate_metadata(), {})
+    await saver.aput_writes(stored, [("ch", "first"), (ERROR, "first error")], "task", task_path="b")
+    await saver.aput_writes(stored, [("ch", "second"), (ERROR, "second error")], "task", task_path="b")
+    await saver.aput_writes(stored, [("ch", "other task")], "task-0", task_path="a")
+
+    got = await saver.aget_tuple(stored)
+    assert got.pending_writes == [
+        ("task-0", "ch", "other task"),
+        ("task", ERROR, "second error"),
+        ("task", "ch", "first"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("thread_id", "ns"),
+    [
+        ("user:42|a.b c", "parent:1|child.x y"),
+        ("a:b", "c"),  # with the next one: tokens keep ':'-joined ids apart
+        ("a", "b:c"),
+        ("tb.thread.>", "*"),
+    ],
+)
+async def test_odd_ids_round_trip(log, thread_id, ns):
+    saver = JetStreamSaver(log)
+    await saver.adelete_thread(thread_id)
+    marker = str(uuid.uuid4())
+    checkpoint = generate_checkpoint(checkpoint_id="00000000-0000-6000-8000-000000000001", channel_values={"k": ns})
+    stored = await saver.aput(
+        generate_config(thread_id, checkpoint_ns=ns), checkpoint, generate_metadata(marker=marker), {}
+    )
+    assert stored == generate_config(thread_id, checkpoint_ns=ns, checkpoint_id=checkpoint["id"])
+    await saver.aput_writes(stored, [("ch", thread_id)], "task.with:odd|chars")
+
+    for config in (stored, generate_config(thread_id, checkpoint_ns=ns)):
+        got = await saver.aget_tuple(config)
+        assert got.config == stored
+        assert got.checkpoint["channel_values"] == {"k": ns}
+        assert got.pending_writes == [("task.with:odd|chars", "ch", thread_id)]
+    everywhere = [t async for t in saver.alist(None, filter={"marker": marker})]
+    assert [t.config for t in everywhere] == [stored]
+
+    await saver.adelete_thread(thread_id)
+    assert await saver.aget_tuple(stored) is None
+
+
+async def test_sync_methods_run_on_the_savers_loop(log, thread_id):
+    saver = JetStreamSaver(log)
+    config = generate_config(thread_id)
+
+    def from_worker_thread():
+        stored = saver.put(config, generate_checkpoint(), generate_metadata(), {})
+        saver.put_writes(stored, [("ch", 1)], "task")
+        listed = list(saver.list(config))
+        got = saver.get_tuple(config)
+        saver.delete_thread(thread_id)
+        return stored, listed, got, saver.get_tuple(config)
+
+    stored, listed, got, after_delete = await asyncio.to_thread(from_worker_thread)
+    assert [t.config for t in listed] == [stored] and got.pending_writes == [("task", "ch", 1)]
+    assert after_delete is None
+    with pytest.raises(asyncio.InvalidStateError):
+        saver.get_tuple(config)
