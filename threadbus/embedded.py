@@ -35,6 +35,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _terminate_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class EmbeddedNats:
     def __init__(
         self,
@@ -77,8 +85,14 @@ class EmbeddedNats:
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(self._config())
         log = open(self.log_file, "ab")
+        # Its own session, so a terminal's Ctrl-C reaches threadbus, which stops the broker last;
+        # and a parent-death signal, so a crashed parent does not leave it holding the data dir.
         self.process = subprocess.Popen(
-            [binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [binary(), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout
