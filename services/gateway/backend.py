@@ -260,6 +260,13 @@ class Backend:
         await self.log.append_event(contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"]))
         return await self.thread_object(updated)
 
+    async def copy_thread(self, thread_id: str) -> dict[str, Any]:
+        """A new thread with the same metadata and the whole checkpoint history (not the runs)."""
+        record = await self.thread_record(thread_id)
+        copy = await self.create_thread(ThreadCreate(metadata=record.get("metadata") or {}))
+        await self.saver.acopy_thread(thread_id, copy["thread_id"])
+        return await self.thread_object(await self.thread_record(copy["thread_id"]))
+
     async def delete_thread(self, thread_id: str) -> None:
         await self.thread_record(thread_id)
         await self.log.delete_thread(thread_id)

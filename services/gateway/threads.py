@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from services.gateway.models import (
     ThreadCount,
@@ -100,4 +100,4 @@ async def history_get(thread_id: str, request: Request, limit: int = 10, before:
 
 @router.post("/{thread_id}/copy")
 async def copy(thread_id: str, request: Request):
-    raise HTTPException(501, "Copying a thread is not built yet")
+    return await backend(request).copy_thread(thread_id)

@@ -51,3 +51,38 @@ def make_configured(config):
     builder.add_edge(START, "greet")
     builder.add_edge("greet", END)
     return builder.compile()
+
+
+class Approvals(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+    decisions: Annotated[list[str], lambda a, b: a + b]
+
+
+def _approver(name: str):
+    def approve(state: Approvals) -> dict:
+        return {"decisions": [f"{name}={interrupt({'who': name})}"]}
+
+    return approve
+
+
+_parallel = StateGraph(Approvals)
+_parallel.add_node("legal", _approver("legal"))
+_parallel.add_node("finance", _approver("finance"))
+_parallel.add_edge(START, "legal")
+_parallel.add_edge(START, "finance")
+_parallel.add_edge("legal", END)
+_parallel.add_edge("finance", END)
+parallel_approvals = _parallel.compile()
+"""Two nodes pause at once: one resume maps both interrupt ids to values."""
+
+_inner = StateGraph(Chat)
+_inner.add_node("ask", ask)
+_inner.add_edge(START, "ask")
+_inner.add_edge("ask", END)
+
+_outer = StateGraph(Chat)
+_outer.add_node("inner", _inner.compile())
+_outer.add_edge(START, "inner")
+_outer.add_edge("inner", END)
+nested = _outer.compile()
+"""The interrupt is raised inside a subgraph."""
