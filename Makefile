@@ -20,8 +20,10 @@ dev: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# `make bench REFERENCE=http://127.0.0.1:2024` also measures that server (e.g. `langgraph dev`).
 bench: install
-	$(BIN)/python bench/runs.py
+	$(BIN)/python bench/runs.py $(if $(REFERENCE),--reference $(REFERENCE))
+	$(BIN)/python bench/double_texting.py
 
 clean:
 	rm -rf $(VENV) .threadbus .pytest_cache

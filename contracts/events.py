@@ -41,6 +41,7 @@ __all__ = [
     "WritesSaved",
     "PendingWrite",
     "ControlEvent",
+    "StreamChunk",
     "MultitaskStrategy",
     "CancelAction",
     "RejectReason",
@@ -205,6 +206,15 @@ class WritesSaved(Event, tag=True, kw_only=True):
     writes: list[PendingWrite]
 
 
+class StreamChunk(msgspec.Struct, kw_only=True):
+    """One server-sent event of a run, in the run's stream log (``tb.stream.<thread>.<run>``).
+    ``event`` is the SSE event name (``values``, ``updates``, ``messages``, ``custom``, ...,
+    ``mode|ns`` for subgraphs); ``data`` its JSON payload."""
+
+    event: str
+    data: Any = None
+
+
 ControlEvent = Union[
     RunRequested,
     RunCancelRequested,
@@ -229,7 +239,7 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
 
 
-def encode(event: Event) -> bytes:
+def encode(event: msgspec.Struct) -> bytes:
     return _encoder.encode(event)
 
 

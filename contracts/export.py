@@ -23,10 +23,12 @@ SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 
 
 def event_types() -> list[type]:
-    return list(get_args(events.AnyEvent))
+    return [*get_args(events.AnyEvent), events.StreamChunk]
 
 
 def subject_of(type_name: str) -> str:
+    if type_name == "StreamChunk":
+        return "tb.stream.<thread>.<run> (stream TB_RUNSTREAM)"
     if type_name == "CheckpointSaved":
         return "tb.thread.<thread>.run.<run>.ckpt.<checkpoint_ns>.<checkpoint_id>"
     if type_name == "WritesSaved":

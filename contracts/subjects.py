@@ -11,6 +11,10 @@ Control events always have six tokens and checkpoint records more, so ``tb.threa
 selects exactly a thread's control events and ``tb.thread.<t>.run.<r>.*`` one run's. Rolling a
 run back purges ``tb.thread.<t>.run.<r>.>``; deleting a thread purges ``tb.thread.<t>.>``.
 
+Run stream log (stream ``TB_RUNSTREAM``, expiring after a configurable age)::
+
+    tb.stream.<thread>.<run>                          the run's SSE events, in order
+
 Tokens are encoded with :func:`token`: ids made of letters, digits, ``-`` and ``_`` stay as
 they are; anything else (a checkpoint namespace, an arbitrary thread id) becomes ``~`` followed
 by its unpadded base64url form, which is injective and reversible.
@@ -23,6 +27,8 @@ import re
 
 THREAD_STREAM = "TB_THREADS"
 PREFIX = "tb.thread"
+RUN_STREAM = "TB_RUNSTREAM"
+STREAM_PREFIX = "tb.stream"
 
 _SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -114,6 +120,11 @@ def writes(thread_id: str, ns: str | None = None, checkpoint_id: str | None = No
     ns_tok = "*" if ns is None else token(ns)
     id_tok = "*" if checkpoint_id is None else token(checkpoint_id)
     return f"{PREFIX}.{token(thread_id)}.run.*.write.{ns_tok}.{id_tok}.*"
+
+
+def run_stream(thread_id: str, run_id: str | None = None) -> str:
+    """The stream log of one run's SSE events (of every run of the thread when run_id is None)."""
+    return f"{STREAM_PREFIX}.{token(thread_id)}.{'*' if run_id is None else token(run_id)}"
 
 
 def thread_of(subject: str) -> str:

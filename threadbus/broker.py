@@ -76,9 +76,23 @@ async def ensure_stream(js, config: StreamConfig) -> None:
         await js.update_stream(config)
 
 
+def run_stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.RUN_STREAM,
+        subjects=[f"{subjects.STREAM_PREFIX}.>"],
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        max_age=settings.stream_max_age_s,
+        duplicate_window=min(settings.duplicate_window_s, settings.stream_max_age_s),
+        allow_direct=True,
+        max_msg_size=settings.max_payload_mb * 1024 * 1024,
+    )
+
+
 async def bootstrap(nc: NATS, settings: Settings) -> None:
     js = nc.jetstream()
     await ensure_stream(js, thread_stream_config(settings))
+    await ensure_stream(js, run_stream_config(settings))
     consumers = [
         ConsumerConfig(
             durable_name=ORCHESTRATOR_CONSUMER,

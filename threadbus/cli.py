@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(name, help=f"run the {name} against NATS_URL")
         if name != "orchestrator":
             p.add_argument("--config", help="langgraph.json (default: THREADBUS_CONFIG or ./langgraph.json)")
+    verify = sub.add_parser("verify", help="replay thread logs on NATS_URL and check the invariants; exit 1 on a violation")
+    verify.add_argument("--thread", help="check only this thread (default: every thread)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -144,6 +147,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.nats_url:
                 settings.nats_url = args.nats_url
             asyncio.run(_run_dev(settings, Path(args.data_dir), args.nats_url))
+        elif args.command == "verify":
+            from threadbus.verify import run_cli
+
+            sys.exit(asyncio.run(run_cli(settings, args.thread, args.json)))
         else:
             asyncio.run(_run_one(args.command, settings))
     except KeyboardInterrupt:

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     )
     duplicate_window_s: float = Field(default=120.0, description="JetStream dedup window of the thread log.")
     max_payload_mb: int = Field(default=8, description="Largest event (checkpoint) the embedded server accepts.")
+    stream_max_age_s: float = Field(default=3600.0, description="How long a run's SSE events stay joinable.")
+    stream_heartbeat_s: float = Field(default=5.0, description="Idle SSE connections get a heartbeat comment this often.")
     executor_concurrency: int = Field(default=10, description="Runs one executor process executes at once.")
     executor_ack_wait_s: float = Field(default=30.0, description="A run is redelivered after this long without a heartbeat.")
     executor_max_deliver: int = Field(default=5, description="Deliveries of one run before it ends in error.")

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 
 import contracts
 from contracts import subjects
+from services.executor.streaming import RunStreamWriter
 from threadbus import broker, logs
 from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSuperseded
 from threadbus.graphs import GraphRegistry
@@ -32,6 +33,10 @@ from threadbus.settings import Settings
 from threadbus.threadlog import Conflict, ThreadLog
 
 log = logs.get("threadbus.executor")
+
+
+class _Redeliver(Exception):
+    """The run's message was nak'ed to be delivered again: do not acknowledge it."""
 
 
 class Executor:
@@ -74,9 +79,12 @@ class Executor:
             await psub.unsubscribe()
 
     async def _on_cancel(self, msg) -> None:
+        # A hint, not a fact: every publish of a RunCancelled reaches this core subscription, also
+        # one the stream refused (a stale decision, retried after catching up) and before the stream
+        # stored it. So the same cancel can arrive twice, and the log is what decides (_confirm_stop).
         run_id = subjects.run_of(msg.subject)
         task = self.active.get(run_id)
-        if task is not None:
+        if task is not None and run_id not in self.cancelled:
             self.cancelled.add(run_id)
             task.cancel()
 
@@ -87,6 +95,8 @@ class Executor:
         with structlog.contextvars.bound_contextvars(thread_id=thread_id, run_id=run_id):
             try:
                 await self._execute_run(msg, thread_id, run_id, started_seq)
+            except _Redeliver:
+                return
             except Exception:
                 log.exception("run handling failed; it will be redelivered")
                 return
@@ -119,9 +129,16 @@ class Executor:
         try:
             outcome = await self._run_graph(requested, started_seq, retry=deliveries > 1)
         except (RunSuperseded, asyncio.CancelledError) as err:
-            if isinstance(err, asyncio.CancelledError) and run_id not in self.cancelled:
-                raise
-            await self._confirm_stop(thread_id, run_id)
+            if isinstance(err, asyncio.CancelledError):
+                if run_id not in self.cancelled:
+                    raise
+                asyncio.current_task().uncancel()  # handled: later awaits of this task run normally
+            if not await self._confirm_stop(thread_id, run_id):
+                # Stopped on a cancel that is not in the log (not yet, or its append was refused):
+                # the run is not over. Delivered again, it reads the log afresh and stops or resumes.
+                log.info("cancel not in the log; run redelivered")
+                await msg.nak(delay=0.25)
+                raise _Redeliver from None
             return
         except Exception as err:
             log.warning("graph raised", error=repr(err))
@@ -143,14 +160,18 @@ class Executor:
         except Conflict:
             await self._confirm_stop(outcome.thread_id, outcome.run_id)
 
-    async def _confirm_stop(self, thread_id: str, run_id: str) -> None:
-        """Append ``RunStopped`` if the run's newest control event is a cancel still unconfirmed."""
+    async def _confirm_stop(self, thread_id: str, run_id: str) -> bool:
+        """Append ``RunStopped`` if the run's newest control event is a cancel still unconfirmed.
+        False when nothing stopped the run in the log: its ``RunStarted`` is still the newest."""
         last = await self.log.last(subjects.run_control(thread_id, run_id))
+        if last is not None and last.subject.endswith(".started"):
+            return False
         if last is None or not last.subject.endswith(".cancelled"):
-            return
+            return True
         with contextlib.suppress(Conflict):
             await self.log.append_event(contracts.RunStopped(thread_id=thread_id, run_id=run_id), expect=last.seq, scope="run")
             log.info("run stopped")
+        return True
 
     async def _heartbeat(self, msg) -> None:
         interval = max(self.settings.executor_ack_wait_s / 3, 0.5)
@@ -170,15 +191,21 @@ class Executor:
         if retry and await self._has_checkpoint_of(thread_id, run_id):
             # An earlier delivery got some steps done: continue from its last checkpoint.
             graph_input = None
-        async for _ in graph.astream(
-            graph_input,
-            config,
-            context=kwargs.context or None,
-            stream_mode="values",
-            interrupt_before=kwargs.interrupt_before,
-            interrupt_after=kwargs.interrupt_after,
-        ):
-            pass
+        stream = RunStreamWriter(self.nc.jetstream(), thread_id, run_id, kwargs.stream_mode)
+        try:
+            async for item in graph.astream(
+                graph_input,
+                config,
+                context=kwargs.context or None,
+                stream_mode=stream.langgraph_modes,
+                subgraphs=kwargs.subgraphs,
+                interrupt_before=kwargs.interrupt_before,
+                interrupt_after=kwargs.interrupt_after,
+            ):
+                await stream.emit(item)
+        finally:
+            # Whatever was streamed is stored before the outcome (or the stop) is appended.
+            await asyncio.shield(stream.flush())
         snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
         values = jsonable(snapshot.values)
         if snapshot.next:

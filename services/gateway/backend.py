@@ -68,6 +68,7 @@ class Backend:
         self.settings = settings
         self.graphs = graphs
         self.log = ThreadLog(nc)
+        self.js = nc.jetstream()
         self.saver = JetStreamSaver(self.log)
 
     async def start(self) -> None:
@@ -431,16 +432,6 @@ class Backend:
         log.info("run accepted", thread_id=request.thread_id, run_id=request.run_id, strategy=request.multitask_strategy)
         return views.run_object(views.RunRecord(requested=request, updated_at=request.at), "pending")
 
-    @staticmethod
-    async def outcome(events: AsyncIterator[contracts.Event]) -> contracts.Event:
-        async for event in events:
-            if isinstance(event, contracts.TERMINAL_EVENTS):
-                return event
-            if isinstance(event, contracts.RunCancelled):
-                # A pending run ends with its cancel; a running one with its executor's RunStopped.
-                continue
-        raise AssertionError("event stream ended")
-
     async def result_values(self, thread_id: str, outcome: contracts.Event) -> Any:
         """What ``wait`` and ``join`` return: the final values, with ``__interrupt__`` or ``__error__``."""
         match outcome:
@@ -453,11 +444,18 @@ class Backend:
                 return {**(values if isinstance(values, dict) else {}), "__interrupt__": flat}
             case contracts.RunFailed(error=error, message=message):
                 return {"__error__": {"error": error, "message": message}}
+        return await self.values_of(thread_id)
+
+    async def values_of(self, thread_id: str) -> Any:
         try:
             record = await self.thread_record(thread_id)
         except HTTPException:
-            return None
+            return {}
         return (await self.thread_state(record))["values"]
+
+    async def request_cancel(self, thread_id: str, run_id: str, action: str) -> None:
+        await self.log.append_event(contracts.RunCancelRequested(thread_id=thread_id, run_id=run_id, action=action))
+        log.info("run cancel requested", thread_id=thread_id, run_id=run_id, action=action)
 
     async def find_run(self, thread_id: str, run_id: str) -> tuple[views.ThreadRuns, dict[str, Any]]:
         await self.thread_record(thread_id)
@@ -477,16 +475,10 @@ class Backend:
                 f" and the runs haven't been deleted or completed (run {run_id} is {run['status']}).",
             )
         async with self.run_events(thread_id, run_id) as events:
-            await self.log.append_event(contracts.RunCancelRequested(thread_id=thread_id, run_id=run_id, action=action))
-            log.info("run cancel requested", thread_id=thread_id, run_id=run_id, action=action)
+            await self.request_cancel(thread_id, run_id, action)
             if not wait:
                 return
-            pending = run["status"] == "pending"
-            async for event in events:
-                if isinstance(event, contracts.TERMINAL_EVENTS):
-                    return
-                if isinstance(event, contracts.RunCancelled) and pending and action == "interrupt":
-                    return
+            await views.outcome(events)
 
     async def cancel_many(self, thread_id: str | None, run_ids: Iterable[str] | None, status: str | None, action: str) -> None:
         if thread_id is None:
@@ -497,7 +489,7 @@ class Backend:
             rid for rid, st in runs.state.statuses.items() if st in wanted and (run_ids is None or rid in run_ids)
         ]
         for rid in targets:
-            await self.log.append_event(contracts.RunCancelRequested(thread_id=thread_id, run_id=rid, action=action))
+            await self.request_cancel(thread_id, rid, action)
 
     async def delete_run(self, thread_id: str, run_id: str) -> None:
         _, run = await self.find_run(thread_id, run_id)

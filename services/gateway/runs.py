@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from contextlib import AsyncExitStack
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from services.gateway import views
+from services.gateway import streams, views
 from services.gateway.models import RunCancelMany, RunCreate
 
 router = APIRouter(tags=["runs"])
-
-STREAMING_NOT_BUILT = "Streaming runs over SSE is not built yet; use runs.create with runs.join, or runs.wait"
-
 
 def backend(request: Request):
     return request.app.state.backend
@@ -38,7 +38,7 @@ async def _wait(request: Request, thread_id: str, body: RunCreate, *, temporary:
     run_request = await b.prepare_run(thread_id, body, temporary=temporary)
     async with b.run_events(thread_id, run_request.run_id) as events:
         run = await b.submit(run_request, events)
-        outcome = await b.outcome(events)
+        outcome = await views.outcome(events)
     return JSONResponse(await b.result_values(thread_id, outcome), headers=_location(run, join=True))
 
 
@@ -53,9 +53,50 @@ async def wait(thread_id: str, body: RunCreate, request: Request):
     return await _wait(request, thread_id, body)
 
 
+async def _stream(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> StreamingResponse:
+    b = backend(request)
+    run_request = await b.prepare_run(thread_id, body, temporary=temporary)
+    run_id = run_request.run_id
+    stack = AsyncExitStack()
+    try:
+        events = await stack.enter_async_context(b.run_events(thread_id, run_id))
+        chunks = await streams.open_chunks(b.js, thread_id, run_id, 0, stack)
+        run = await b.submit(run_request, events)
+    except BaseException:
+        await stack.aclose()
+        raise
+    options = streams.StreamOptions(
+        after_seq=0, with_ids=body.stream_resumable, first=("metadata", {"run_id": run_id, "attempt": 1})
+    )
+    body_iter = _sse_body(b, run, stack, chunks, events, options, cancel_on_disconnect=body.on_disconnect == "cancel")
+    return _sse_response(body_iter, run)
+
+
+def _sse_response(body_iter, run: dict) -> StreamingResponse:
+    url = f"/threads/{run['thread_id']}/runs/{run['run_id']}"
+    headers = {"Location": f"{url}/stream", "Content-Location": url, "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body_iter, media_type="text/event-stream", headers=headers)
+
+
+async def _sse_body(b, run: dict, stack: AsyncExitStack, chunks, events, options, *, cancel_on_disconnect: bool):
+    thread_id, run_id = run["thread_id"], run["run_id"]
+    finished = False
+    try:
+        async for piece in streams.relay(
+            b.js, thread_id, run_id, chunks, events, options, b.settings.stream_heartbeat_s, lambda: b.values_of(thread_id)
+        ):
+            yield piece
+        finished = True
+    finally:
+        await stack.aclose()
+        if not finished and cancel_on_disconnect:
+            # The client went away and asked for its run to go with it.
+            await asyncio.shield(b.request_cancel(thread_id, run_id, "interrupt"))
+
+
 @router.post("/threads/{thread_id}/runs/stream")
-async def stream(thread_id: str, request: Request):
-    raise HTTPException(501, STREAMING_NOT_BUILT)
+async def stream(thread_id: str, body: RunCreate, request: Request):
+    return await _stream(request, thread_id, body)
 
 
 @router.get("/threads/{thread_id}/runs")
@@ -85,13 +126,64 @@ async def join(thread_id: str, run_id: str, request: Request):
     b = backend(request)
     _, run = await b.find_run(thread_id, run_id)
     async with b.run_events(thread_id, run_id) as events:
-        outcome = await b.outcome(events)
+        outcome = await views.outcome(events)
     return JSONResponse(await b.result_values(thread_id, outcome), headers=_location(run, join=True))
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/stream")
-async def join_stream(thread_id: str, run_id: str, request: Request):
-    raise HTTPException(501, STREAMING_NOT_BUILT)
+async def join_stream(
+    thread_id: str,
+    run_id: str,
+    request: Request,
+    stream_mode: list[str] | None = Query(None),
+    cancel_on_disconnect: bool = False,
+    last_event_id: str | None = Header(None),
+):
+    b = backend(request)
+    runs, run = await b.find_run(thread_id, run_id)
+    after_seq = _after(last_event_id)
+    replay = after_seq is not None
+    if after_seq is None:
+        # "From now on" is after the newest chunk stored: subscribing from that sequence, rather than
+        # with deliver-new, leaves no gap in which a chunk is neither replayed nor delivered live.
+        after_seq = await streams.last_seq(b.js, thread_id, run_id)
+    stack = AsyncExitStack()
+    try:
+        events = await stack.enter_async_context(b.run_events(thread_id, run_id))
+        chunks = await streams.open_chunks(b.js, thread_id, run_id, after_seq, stack)
+    except BaseException:
+        await stack.aclose()
+        raise
+    options = streams.StreamOptions(
+        modes=_modes(stream_mode),
+        after_seq=after_seq,
+        replay=replay,
+        with_ids=runs.runs[run_id].requested.kwargs.resumable,
+    )
+    body_iter = _sse_body(b, run, stack, chunks, events, options, cancel_on_disconnect=cancel_on_disconnect)
+    return _sse_response(body_iter, run)
+
+
+def _after(last_event_id: str | None) -> int | None:
+    if last_event_id is None:
+        return None
+    if last_event_id in ("-", "0", ""):
+        return 0
+    try:
+        return int(last_event_id)
+    except ValueError:
+        raise HTTPException(422, f"Last-Event-ID must be a stream sequence or '-', got {last_event_id!r}") from None
+
+
+def _modes(stream_mode: list[str] | None) -> set[str] | None:
+    """`stream_mode` as the SDK sends it: absent, empty, a value, repeated values or a JSON array."""
+    modes: set[str] = set()
+    for value in stream_mode or []:
+        if value.startswith("["):
+            modes.update(orjson.loads(value))
+        elif value:
+            modes.add(value)
+    return modes or None
 
 
 @router.post("/threads/{thread_id}/runs/{run_id}/cancel")
@@ -143,8 +235,9 @@ async def wait_stateless(body: RunCreate, request: Request):
 
 
 @router.post("/runs/stream")
-async def stream_stateless(request: Request):
-    raise HTTPException(501, STREAMING_NOT_BUILT)
+async def stream_stateless(body: RunCreate, request: Request):
+    thread_id, temporary = _stateless(body)
+    return await _stream(request, thread_id, body, temporary=temporary)
 
 
 @router.post("/runs/batch")

@@ -7,6 +7,7 @@ and there is no second copy of the truth to drift.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -60,6 +61,19 @@ async def thread_runs(log: ThreadLog, thread_id: str) -> ThreadRuns:
                     view.runs[run_id].outcome = event
                     view.last_outcome = event
     return view
+
+
+async def outcome(events: AsyncIterator[contracts.Event]) -> contracts.Event:
+    """The event that ends a run, from the run's control events (read from the beginning)."""
+    started = False
+    async for event in events:
+        if isinstance(event, contracts.TERMINAL_EVENTS):
+            return event
+        if isinstance(event, contracts.RunStarted):
+            started = True
+        elif isinstance(event, contracts.RunCancelled) and not started and event.action == "interrupt":
+            return event  # a pending run ends with its cancel; a running one with RunStopped
+    raise AssertionError("control events ended")
 
 
 def run_object(record: RunRecord, status: str) -> dict[str, Any]:
