@@ -99,13 +99,19 @@ class Backend:
             return False
 
     async def _update(self, kv, key: str, change) -> dict[str, Any] | None:
-        """Read-modify-write with a revision check, retried on a concurrent update."""
+        """Read-modify-write with a revision check, retried on a concurrent update.
+
+        ``change`` returns None when the record already says what it would write, so writers that
+        race to set the same value stop at the first re-read instead of exhausting the retries.
+        """
         for _ in range(10):
             current = await self._get(kv, key)
             if current is None:
                 return None
             record, revision = current
             updated = change(dict(record))
+            if updated is None:
+                return record
             try:
                 await kv.update(key, orjson.dumps(updated), last=revision)
                 return updated
@@ -403,13 +409,13 @@ class Backend:
 
     async def _remember_graph(self, thread_id: str, assistant: dict[str, Any]) -> None:
         """Record which graph the thread runs, as LangGraph Platform does in thread metadata."""
-        record = await self.thread_record(thread_id)
-        meta = record.get("metadata") or {}
-        if meta.get("graph_id") == assistant["graph_id"] and meta.get("assistant_id") == assistant["assistant_id"]:
-            return
+        wanted = {"graph_id": assistant["graph_id"], "assistant_id": assistant["assistant_id"]}
 
         def change(r):
-            r["metadata"] = {**r.get("metadata", {}), "graph_id": assistant["graph_id"], "assistant_id": assistant["assistant_id"]}
+            meta = r.get("metadata") or {}
+            if all(meta.get(k) == v for k, v in wanted.items()):
+                return None
+            r["metadata"] = {**meta, **wanted}
             r["updated_at"] = iso_now()
             return r
 
