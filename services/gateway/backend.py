@@ -298,7 +298,7 @@ class Backend:
             "config": {},
             "values": state["values"] if state["checkpoint"] else None,
             "interrupts": interrupts,
-            "error": {"error": failure.error, "message": failure.message} if failure and runs.state.failed else None,
+            "error": {"error": failure.error, "message": failure.message} if failure and runs.state.status == "error" else None,
         }
 
     async def search_threads(self, *, metadata=None, values=None, status=None, ids=None) -> list[dict[str, Any]]:

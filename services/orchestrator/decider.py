@@ -23,6 +23,10 @@ rollback      ``RunCancelled(r, rollback)``      ``RunAccepted``
               for each, then ``RunAccepted``
 ============  ================================  ==============================================
 
+Interrupt and rollback requests are checked against the pause (a ``Command(resume=...)`` needs
+one; the paused-thread policy may refuse plain input) as the thread will be once the in-flight
+runs are cancelled, and before any cancel is appended: a refused request changes nothing.
+
 A run is started (``RunStarted``) only when no run of the thread is running (a cancelled run
 counts as running until its executor confirms ``RunStopped``) and no rolled-back run is
 waiting to be compacted, so at most one run executes per thread and a run that follows a
@@ -71,8 +75,7 @@ class ThreadState:
     thread_id: str
     seq: int = 0
     # Commands not answered yet, in log order.
-    inbox: tuple[RunRequested, ...] = ()
-    cancel_requests: tuple[RunCancelRequested, ...] = ()
+    inbox: tuple[RunRequested | RunCancelRequested, ...] = ()
     # Accepted runs waiting to start, FIFO.
     queue: tuple[str, ...] = ()
     # The run an executor is executing (started, no terminal event yet).
@@ -114,8 +117,13 @@ def _without(items: tuple[str, ...], run_id: str) -> tuple[str, ...]:
     return tuple(r for r in items if r != run_id)
 
 
+def _drop_cancels(state: ThreadState, run_id: str) -> ThreadState:
+    return replace(state, inbox=tuple(c for c in state.inbox if not (isinstance(c, RunCancelRequested) and c.run_id == run_id)))
+
+
 def _ended(state: ThreadState, run_id: str, status: RunStatus, **flags) -> ThreadState:
     """A run reached a terminal outcome. A rollback-cancelled run still has to be compacted."""
+    state = _drop_cancels(state, run_id)
     if state.running == run_id and state.stopping == "rollback":
         return replace(state, running=None, stopping=None, to_compact=state.to_compact + (run_id,))
     if state.running == run_id:
@@ -132,30 +140,30 @@ def evolve(state: ThreadState, event: Event, seq: int | None = None) -> ThreadSt
             return replace(state, inbox=state.inbox + (event,))
         case RunCancelRequested(run_id=run_id):
             # A cancel is moot unless the run is in flight at this point of the log.
-            if run_id not in state.in_flight or any(c.run_id == run_id for c in state.cancel_requests):
+            if run_id not in state.in_flight or any(
+                isinstance(c, RunCancelRequested) and c.run_id == run_id for c in state.inbox
+            ):
                 return state
-            return replace(state, cancel_requests=state.cancel_requests + (event,))
+            return replace(state, inbox=state.inbox + (event,))
         case RunAccepted(run_id=run_id):
             return replace(
                 state,
-                inbox=tuple(r for r in state.inbox if r.run_id != run_id),
+                inbox=tuple(r for r in state.inbox if not (isinstance(r, RunRequested) and r.run_id == run_id)),
                 queue=state.queue + (run_id,),
                 statuses=_with_status(state, run_id, "pending"),
             )
         case RunRejected(run_id=run_id):
-            return replace(state, inbox=tuple(r for r in state.inbox if r.run_id != run_id))
+            return replace(state, inbox=tuple(r for r in state.inbox if not (isinstance(r, RunRequested) and r.run_id == run_id)))
         case RunStarted(run_id=run_id):
             return replace(
                 state,
                 queue=_without(state.queue, run_id),
                 running=run_id,
                 stopping=None,
-                paused=False,
-                failed=False,
                 statuses=_with_status(state, run_id, "running"),
             )
         case RunCancelled(run_id=run_id, action=action):
-            state = replace(state, cancel_requests=tuple(c for c in state.cancel_requests if c.run_id != run_id))
+            state = _drop_cancels(state, run_id)
             if run_id == state.running:
                 return replace(state, stopping=action)
             if run_id in state.queue:
@@ -165,7 +173,7 @@ def evolve(state: ThreadState, event: Event, seq: int | None = None) -> ThreadSt
                 return replace(state, statuses=_with_status(state, run_id, "interrupted"))
             return state
         case RunStopped(run_id=run_id):
-            return _ended(state, run_id, "interrupted")
+            return _ended(state, run_id, "interrupted", paused=False, failed=False)
         case RunSucceeded(run_id=run_id):
             return _ended(state, run_id, "success", paused=False, failed=False)
         case RunInterrupted(run_id=run_id):
@@ -173,6 +181,7 @@ def evolve(state: ThreadState, event: Event, seq: int | None = None) -> ThreadSt
         case RunFailed(run_id=run_id):
             return _ended(state, run_id, "error", paused=False, failed=True)
         case RunRolledBack(run_id=run_id):
+            state = _drop_cancels(state, run_id)
             return replace(
                 state,
                 to_compact=_without(state.to_compact, run_id),
@@ -191,13 +200,25 @@ def fold(state: ThreadState, events: Iterable[tuple[int, Event]]) -> ThreadState
     return state
 
 
+def _pause_rejection(state: ThreadState, request: RunRequested, paused_policy: PausedPolicy) -> RunRejected | None:
+    """The rejection a request meets on a thread paused (or not) in a human-in-the-loop interrupt."""
+    # A run being stopped with interrupt moved past the pause; one being rolled back did not.
+    paused = state.paused and state.stopping != "interrupt"
+    tid = state.thread_id
+    if request.resumes and not paused:
+        return RunRejected(thread_id=tid, run_id=request.run_id, reason="not_paused", detail=NOT_PAUSED_DETAIL)
+    if paused and paused_policy == "reject" and request.kwargs.input is not None and not request.kwargs.command:
+        return RunRejected(thread_id=tid, run_id=request.run_id, reason="paused", detail=PAUSED_DETAIL)
+    return None
+
+
 def next_decision(state: ThreadState, paused_policy: PausedPolicy = "restart") -> Event | None:
     """The single next event the orchestrator must append, or None when the state is settled."""
     tid = state.thread_id
     if state.to_compact:
         return RunRolledBack(thread_id=tid, run_id=state.to_compact[0])
-    if state.cancel_requests:
-        cancel = state.cancel_requests[0]
+    if state.inbox and isinstance(state.inbox[0], RunCancelRequested):
+        cancel = state.inbox[0]
         return RunCancelled(thread_id=tid, run_id=cancel.run_id, action=cancel.action)
     if state.inbox:
         request = state.inbox[0]
@@ -206,17 +227,14 @@ def next_decision(state: ThreadState, paused_policy: PausedPolicy = "restart") -
             if request.multitask_strategy == "reject":
                 return RunRejected(thread_id=tid, run_id=request.run_id, reason="busy", detail=BUSY_DETAIL)
             if request.multitask_strategy in ("interrupt", "rollback"):
+                after = state
+                for run_id in in_flight:
+                    after = evolve(after, RunCancelled(thread_id=tid, run_id=run_id, action=request.multitask_strategy))
+                if (rejection := _pause_rejection(after, request, paused_policy)) is not None:
+                    return rejection
                 return RunCancelled(thread_id=tid, run_id=in_flight[0], action=request.multitask_strategy)
-        else:
-            if request.resumes and not state.paused:
-                return RunRejected(thread_id=tid, run_id=request.run_id, reason="not_paused", detail=NOT_PAUSED_DETAIL)
-            if (
-                state.paused
-                and paused_policy == "reject"
-                and request.kwargs.input is not None
-                and not request.kwargs.command
-            ):
-                return RunRejected(thread_id=tid, run_id=request.run_id, reason="paused", detail=PAUSED_DETAIL)
+        elif (rejection := _pause_rejection(state, request, paused_policy)) is not None:
+            return rejection
         return RunAccepted(thread_id=tid, run_id=request.run_id)
     if state.running is None and state.queue:
         return RunStarted(thread_id=tid, run_id=state.queue[0])
