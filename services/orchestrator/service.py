@@ -100,7 +100,24 @@ class Orchestrator:
             self._remember(state)
 
     async def _load(self, thread_id: str) -> ThreadState:
-        return await self._catch_up(ThreadState(thread_id=thread_id))
+        entries = await self.log.read(subjects.thread_control(thread_id))
+        events = list(_decoded(entries))
+        await self._finish_compactions(thread_id, events)
+        return fold(ThreadState(thread_id=thread_id), events)
+
+    async def _finish_compactions(self, thread_id: str, events: list[tuple[int, contracts.Event]]) -> None:
+        """Compact again the runs rolled back since the thread's last start.
+
+        The purge follows the tombstone's append; an orchestrator that died (or whose purge failed)
+        between the two leaves the run's checkpoints behind. The next run only starts after the
+        purge, so a tombstone with no ``RunStarted`` after it may not have been compacted, and
+        compacting is idempotent.
+        """
+        for seq, event in reversed(events):
+            if isinstance(event, contracts.RunStarted):
+                return
+            if isinstance(event, contracts.RunRolledBack):
+                await self.log.compact(thread_id, event.run_id, below=seq)
 
     async def _catch_up(self, state: ThreadState) -> ThreadState:
         entries = await self.log.read(subjects.thread_control(state.thread_id), after=state.seq)

@@ -1,0 +1,66 @@
+"""The orchestrator's shell around the decider, against a real nats-server."""
+
+from __future__ import annotations
+
+import uuid
+
+import nats
+import pytest
+
+import contracts
+from contracts import subjects
+from services.orchestrator.service import Orchestrator
+from threadbus.broker import bootstrap
+from threadbus.settings import Settings
+from threadbus.threadlog import ThreadLog
+
+
+@pytest.fixture
+async def nc(nats_url):
+    conn = await nats.connect(nats_url)
+    await bootstrap(conn, Settings())
+    yield conn
+    await conn.drain()
+
+
+async def test_a_rollback_whose_purge_never_happened_is_compacted_when_the_thread_is_loaded(nc):
+    # The orchestrator that appended the tombstone died before purging: the rolled-back run's
+    # checkpoint is still in the log. The next orchestrator to load the thread must purge it
+    # before it starts anything on top of it.
+    log = ThreadLog(nc)
+    tid, rid = str(uuid.uuid4()), str(uuid.uuid4())
+    events = [
+        contracts.RunRequested(thread_id=tid, run_id=rid, assistant_id="a", graph_id="g"),
+        contracts.RunAccepted(thread_id=tid, run_id=rid),
+        contracts.RunStarted(thread_id=tid, run_id=rid),
+        contracts.RunCancelled(thread_id=tid, run_id=rid, action="rollback"),
+        contracts.RunStopped(thread_id=tid, run_id=rid),
+    ]
+    for event in events:
+        await log.append_event(event)
+    await log.append(subjects.checkpoint(tid, rid, "", "c1"), b"{}", msg_id=f"ckpt:{tid}:{rid}")
+    await log.append_event(contracts.RunRolledBack(thread_id=tid, run_id=rid))
+
+    state = await Orchestrator(nc, Settings())._load(tid)
+
+    remaining = [contracts.decode(e.data) for e in await log.read(subjects.thread_all(tid))]
+    assert [type(e).__name__ for e in remaining] == ["RunRolledBack"]
+    assert state.status == "idle" and rid not in state.statuses
+
+
+async def test_a_rollback_followed_by_a_start_is_not_compacted_again(nc):
+    # A start after the tombstone proves the purge happened; loading must not purge the new run.
+    log = ThreadLog(nc)
+    tid, old, new = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    await log.append_event(contracts.RunRolledBack(thread_id=tid, run_id=old))
+    for event in (
+        contracts.RunRequested(thread_id=tid, run_id=new, assistant_id="a", graph_id="g"),
+        contracts.RunAccepted(thread_id=tid, run_id=new),
+        contracts.RunStarted(thread_id=tid, run_id=new),
+    ):
+        await log.append_event(event)
+    await log.append(subjects.checkpoint(tid, new, "", "c1"), b"{}", msg_id=f"ckpt:{tid}:{new}")
+
+    await Orchestrator(nc, Settings())._load(tid)
+
+    assert len(await log.read(subjects.run_all(tid, new))) == 4
