@@ -127,6 +127,11 @@ def run_stream(thread_id: str, run_id: str | None = None) -> str:
     return f"{STREAM_PREFIX}.{token(thread_id)}.{'*' if run_id is None else token(run_id)}"
 
 
+def run_of_stream(subject: str) -> str:
+    """The run of a message in the run stream log."""
+    return untoken(subject.split(".")[3])
+
+
 def thread_of(subject: str) -> str:
     return untoken(subject.split(".")[2])
 

@@ -193,16 +193,15 @@ class Executor:
             graph_input = None
         stream = RunStreamWriter(self.nc.jetstream(), thread_id, run_id, kwargs.stream_mode)
         try:
-            async for item in graph.astream(
+            await stream.run(
+                graph,
                 graph_input,
                 config,
                 context=kwargs.context or None,
-                stream_mode=stream.langgraph_modes,
                 subgraphs=kwargs.subgraphs,
                 interrupt_before=kwargs.interrupt_before,
                 interrupt_after=kwargs.interrupt_after,
-            ):
-                await stream.emit(item)
+            )
         finally:
             # Whatever was streamed is stored before the outcome (or the stop) is appended.
             await asyncio.shield(stream.flush())

@@ -28,6 +28,9 @@ LANGGRAPH_MODE = {
     "messages": "messages",
     "messages-tuple": "messages",
 }
+# `events` is not a LangGraph stream mode: it is ``astream_events`` (v2), whose root-run
+# ``on_chain_stream`` events carry the chunks of every other mode.
+EVENTS = "events"
 
 
 class RunStreamWriter:
@@ -35,13 +38,32 @@ class RunStreamWriter:
         self.js = js
         self.subject = subjects.run_stream(thread_id, run_id)
         self.modes = {m for m in modes if m in LANGGRAPH_MODE}
+        self.wants_events = EVENTS in modes
+        if not self.modes and not self.wants_events:
+            self.modes = {"values"}
         self.pending: list[asyncio.Future] = []
         self.partial: dict[str, Any] = {}
 
     @property
     def langgraph_modes(self) -> list[str]:
-        # `values` always: a run streams something, and a resumable join can replay it.
-        return sorted({"values", *(LANGGRAPH_MODE[m] for m in self.modes)})
+        # `events` alone still needs one LangGraph mode; chunks of unrequested modes are dropped.
+        return sorted({LANGGRAPH_MODE[m] for m in self.modes}) or ["values"]
+
+    async def run(self, graph, graph_input: Any, config: dict, **kwargs: Any) -> None:
+        """Run the graph and publish what it streams, in the requested modes."""
+        if not self.wants_events:
+            async for item in graph.astream(graph_input, config, stream_mode=self.langgraph_modes, **kwargs):
+                await self.emit(item)
+            return
+        root: str | None = None
+        async for event in graph.astream_events(
+            graph_input, config, version="v2", stream_mode=self.langgraph_modes, **kwargs
+        ):
+            root = root or event["run_id"]
+            if event["event"] == "on_chain_stream" and event["run_id"] == root:
+                await self.emit(event["data"]["chunk"])
+            else:
+                await self._publish(EVENTS, event)
 
     async def emit(self, item: tuple) -> None:
         """One item of ``graph.astream(stream_mode=[...], subgraphs=...)``: (mode, chunk) or (ns, mode, chunk)."""
@@ -49,7 +71,7 @@ class RunStreamWriter:
         suffix = "".join(f"|{part}" for part in ns)
         if mode == "messages":
             await self._messages(chunk, suffix)
-        elif mode in self.modes or (mode == "values" and not self.modes):
+        elif mode in self.modes:
             await self._publish(mode + suffix, chunk)
 
     async def _messages(self, chunk: tuple, suffix: str) -> None:

@@ -21,7 +21,6 @@ NOT_BUILT = {
     "/store": "The long-term memory store API is not built yet",
     "/threads/{thread_id}/runs/crons": "Crons are not built yet",
     "/runs/crons": "Crons are not built yet",
-    "/threads/{thread_id}/stream": "Streaming a thread is not built yet",
 }
 
 

@@ -7,7 +7,6 @@ import uuid
 from contextlib import AsyncExitStack
 from typing import Literal
 
-import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -141,7 +140,7 @@ async def join_stream(
 ):
     b = backend(request)
     runs, run = await b.find_run(thread_id, run_id)
-    after_seq = _after(last_event_id)
+    after_seq = streams.parse_last_event_id(last_event_id)
     replay = after_seq is not None
     if after_seq is None:
         # "From now on" is after the newest chunk stored: subscribing from that sequence, rather than
@@ -155,35 +154,13 @@ async def join_stream(
         await stack.aclose()
         raise
     options = streams.StreamOptions(
-        modes=_modes(stream_mode),
+        modes=streams.parse_modes(stream_mode),
         after_seq=after_seq,
         replay=replay,
         with_ids=runs.runs[run_id].requested.kwargs.resumable,
     )
     body_iter = _sse_body(b, run, stack, chunks, events, options, cancel_on_disconnect=cancel_on_disconnect)
     return _sse_response(body_iter, run)
-
-
-def _after(last_event_id: str | None) -> int | None:
-    if last_event_id is None:
-        return None
-    if last_event_id in ("-", "0", ""):
-        return 0
-    try:
-        return int(last_event_id)
-    except ValueError:
-        raise HTTPException(422, f"Last-Event-ID must be a stream sequence or '-', got {last_event_id!r}") from None
-
-
-def _modes(stream_mode: list[str] | None) -> set[str] | None:
-    """`stream_mode` as the SDK sends it: absent, empty, a value, repeated values or a JSON array."""
-    modes: set[str] = set()
-    for value in stream_mode or []:
-        if value.startswith("["):
-            modes.update(orjson.loads(value))
-        elif value:
-            modes.add(value)
-    return modes or None
 
 
 @router.post("/threads/{thread_id}/runs/{run_id}/cancel")

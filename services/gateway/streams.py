@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 import nats.js.errors
+import orjson
+from fastapi import HTTPException
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 import contracts
@@ -34,6 +36,29 @@ def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
     head = f"event: {event}\n".encode()
     tail = f"id: {event_id}\n\n".encode() if event_id is not None else b"\n"
     return head + b"data: " + dumps(data) + b"\n" + tail
+
+
+def parse_last_event_id(last_event_id: str | None) -> int | None:
+    """The stream sequence to resume after: None without the header, 0 for '-' (from the start)."""
+    if last_event_id is None:
+        return None
+    if last_event_id in ("-", "0", ""):
+        return 0
+    try:
+        return int(last_event_id)
+    except ValueError:
+        raise HTTPException(422, f"Last-Event-ID must be a stream sequence or '-', got {last_event_id!r}") from None
+
+
+def parse_modes(stream_mode: list[str] | None) -> set[str] | None:
+    """`stream_mode` as the SDK sends it: absent, empty, a value, repeated values or a JSON array."""
+    modes: set[str] = set()
+    for value in stream_mode or []:
+        if value.startswith("["):
+            modes.update(orjson.loads(value))
+        elif value:
+            modes.add(value)
+    return modes or None
 
 
 def wanted(event: str, modes: set[str] | None) -> bool:
@@ -54,8 +79,8 @@ class StreamOptions:
     first: tuple[str, Any] | None = None  # e.g. the `metadata` event of a new run
 
 
-async def open_chunks(js, thread_id: str, run_id: str, after_seq: int, stack: AsyncExitStack) -> asyncio.Queue:
-    """An ordered consumer on the run's stream log, starting after ``after_seq``."""
+async def open_chunks(js, thread_id: str, run_id: str | None, after_seq: int, stack: AsyncExitStack) -> asyncio.Queue:
+    """An ordered consumer on the run's stream log (every run's when ``run_id`` is None), after ``after_seq``."""
     queue: asyncio.Queue = asyncio.Queue()
 
     async def on_msg(msg):
@@ -71,7 +96,7 @@ async def open_chunks(js, thread_id: str, run_id: str, after_seq: int, stack: As
     return queue
 
 
-async def last_seq(js, thread_id: str, run_id: str) -> int:
+async def last_seq(js, thread_id: str, run_id: str | None) -> int:
     try:
         msg = await js.get_last_msg(subjects.RUN_STREAM, subjects.run_stream(thread_id, run_id), direct=True)
     except nats.js.errors.NotFoundError:
@@ -124,3 +149,91 @@ async def relay(
     finally:
         outcome_task.cancel()
         next_chunk.cancel()
+
+
+THREAD_MODES = {"run_modes", "lifecycle", "state_update"}
+
+
+async def thread_relay(
+    js,
+    thread_id: str,
+    chunks: asyncio.Queue,
+    control: AsyncIterator,
+    *,
+    after_seq: int,
+    replay: bool,
+    modes: set[str],
+    heartbeat_s: float,
+    thread_values,
+) -> AsyncIterator[bytes]:
+    """The SSE body of ``GET /threads/{id}/stream``: every run of the thread, for as long as the
+    client listens.
+
+    ``run_modes`` relays each run's events (with their stream sequence as ``id``) and a
+    ``metadata {"status": "run_done"}`` event once the run has ended and its last event was
+    relayed; ``lifecycle`` only ``run_started``/``run_done``; ``state_update`` the thread's values
+    after each run. Runs end in the thread log and their events live in the stream log: a run is
+    done once the relay has passed the stream sequence its last event had when its outcome was
+    read (the executor stores every event before it appends the outcome).
+    """
+    relayed = after_seq
+    current: str | None = None  # the run whose events were relayed last
+    waiting: dict[str, int] = {}  # ended run -> stream sequence its `run_done` waits for
+    announced: set[str] = set()
+    next_chunk = asyncio.ensure_future(chunks.get())
+    next_control = asyncio.ensure_future(anext(control))
+
+    async def done(run_id: str) -> AsyncIterator[bytes]:
+        waiting.pop(run_id, None)
+        if run_id in announced:
+            return
+        announced.add(run_id)
+        if modes & {"run_modes", "lifecycle"}:
+            yield frame("metadata", {"status": "run_done", "run_id": run_id})
+        if "state_update" in modes:
+            yield frame("values", await thread_values())
+
+    try:
+        while True:
+            finished, _ = await asyncio.wait(
+                {next_chunk, next_control}, timeout=heartbeat_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not finished:
+                yield b": heartbeat\n\n"
+                continue
+            if next_chunk in finished:
+                msg = next_chunk.result()
+                next_chunk = asyncio.ensure_future(chunks.get())
+                relayed = msg.metadata.sequence.stream
+                run_id = subjects.run_of_stream(msg.subject)
+                if current is not None and run_id != current:
+                    # One run executes per thread at a time: the previous run ended before this began.
+                    async for piece in done(current):
+                        yield piece
+                current = run_id
+                if "run_modes" in modes:
+                    chunk = _chunk.decode(msg.data)
+                    yield frame(chunk.event, chunk.data, relayed)
+            if next_control in finished:
+                entry = next_control.result()
+                next_control = asyncio.ensure_future(anext(control))
+                # Stored entries predate the connection (live ones have no sequence): only a replay wants them.
+                if entry.seq and not replay:
+                    continue
+                event = entry.event()
+                run_id = getattr(event, "run_id", None)
+                if isinstance(event, contracts.RunStarted) and "lifecycle" in modes:
+                    yield frame("metadata", {"status": "run_started", "run_id": run_id})
+                elif isinstance(event, contracts.TERMINAL_EVENTS) and run_id not in announced:
+                    end = await last_seq(js, thread_id, run_id)
+                    if entry.seq and end <= after_seq:
+                        announced.add(run_id)  # ended before the point the client resumes from
+                    else:
+                        waiting[run_id] = end
+            for run_id, end in list(waiting.items()):
+                if end <= relayed:
+                    async for piece in done(run_id):
+                        yield piece
+    finally:
+        next_chunk.cancel()
+        next_control.cancel()

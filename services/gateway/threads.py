@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from contextlib import AsyncExitStack
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from contracts import subjects
+from services.gateway import streams
 
 from services.gateway.models import (
     ThreadCount,
@@ -101,3 +107,47 @@ async def history_get(thread_id: str, request: Request, limit: int = 10, before:
 @router.post("/{thread_id}/copy")
 async def copy(thread_id: str, request: Request):
     return await backend(request).copy_thread(thread_id)
+
+
+@router.get("/{thread_id}/stream")
+async def join_stream(
+    thread_id: str,
+    request: Request,
+    stream_mode: list[str] | None = Query(None),
+    last_event_id: str | None = Header(None),
+):
+    b = backend(request)
+    await b.thread_record(thread_id)
+    modes = streams.parse_modes(stream_mode) or {"run_modes"}
+    if unknown := modes - streams.THREAD_MODES:
+        raise HTTPException(422, f"Unknown thread stream_mode {sorted(unknown)}; use {sorted(streams.THREAD_MODES)}")
+    after_seq = streams.parse_last_event_id(last_event_id)
+    replay = after_seq is not None
+    if after_seq is None:
+        after_seq = await streams.last_seq(b.js, thread_id, None)
+    stack = AsyncExitStack()
+    try:
+        control = await stack.enter_async_context(b.log.follow(subjects.thread_control(thread_id)))
+        chunks = await streams.open_chunks(b.js, thread_id, None, after_seq, stack)
+    except BaseException:
+        await stack.aclose()
+        raise
+
+    async def body():
+        async with stack:
+            async for piece in streams.thread_relay(
+                b.js,
+                thread_id,
+                chunks,
+                control,
+                after_seq=after_seq,
+                replay=replay,
+                modes=modes,
+                heartbeat_s=b.settings.stream_heartbeat_s,
+                thread_values=lambda: b.values_of(thread_id),
+            ):
+                yield piece
+
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
