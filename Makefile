@@ -24,6 +24,7 @@ test: install
 bench: install
 	$(BIN)/python bench/runs.py $(if $(REFERENCE),--reference $(REFERENCE))
 	$(BIN)/python bench/double_texting.py
+	$(BIN)/python bench/streaming.py
 
 clean:
 	rm -rf $(VENV) .threadbus .pytest_cache

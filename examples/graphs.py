@@ -7,6 +7,7 @@ from typing import Annotated
 
 from typing_extensions import TypedDict
 
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
@@ -71,3 +72,20 @@ _noop_graph = StateGraph(Nothing)
 _noop_graph.add_node("noop", _noop)
 _noop_graph.add_edge(START, "noop")
 noop = _noop_graph.compile()
+
+
+async def speak(state: Chat, config: RunnableConfig) -> dict:
+    n = int(config.get("configurable", {}).get("tokens", 2000))
+    model = GenericFakeChatModel(messages=iter([AIMessage(content=" ".join(f"t{i}" for i in range(n)))]))
+    message = None
+    async for chunk in model.astream(state["messages"], config):
+        message = chunk if message is None else message + chunk
+    return {"messages": [AIMessage(content=message.content, id=message.id)]}
+
+
+_tokens = StateGraph(Chat)
+_tokens.add_node("speak", speak)
+_tokens.add_edge(START, "speak")
+_tokens.add_edge("speak", END)
+tokens = _tokens.compile()
+"""Streams `config.configurable.tokens` words (default 2000) from a fake chat model."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 from langchain_core.messages import BaseMessageChunk
 
 import contracts
 from contracts import subjects
-from threadbus.jsonable import jsonable
+from threadbus.jsonable import dumps
 
 # The SSE stream modes and the LangGraph stream mode that produces each.
 LANGGRAPH_MODE = {
@@ -91,7 +92,8 @@ class RunStreamWriter:
             await self._publish(f"messages/{kind}" + suffix, [self.partial[msg_id]])
 
     async def _publish(self, event: str, data: Any) -> None:
-        payload = contracts.encode(contracts.StreamChunk(event=event, data=jsonable(data)))
+        # Serialized once: Raw embeds the JSON as it is, rather than as a value to encode again.
+        payload = contracts.encode(contracts.StreamChunk(event=event, data=msgspec.Raw(dumps(data))))
         self.pending.append(await self.js.publish_async(self.subject, payload, stream=subjects.RUN_STREAM))
 
     async def flush(self) -> None:

@@ -29,13 +29,24 @@ from threadbus.jsonable import dumps
 
 log = logs.get("threadbus.gateway.streams")
 
-_chunk = msgspec.json.Decoder(contracts.StreamChunk)
+class _StoredChunk(msgspec.Struct):
+    """A ``StreamChunk`` as relayed: its data stays the JSON the executor wrote, never re-parsed."""
+
+    event: str
+    data: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_chunk = msgspec.json.Decoder(_StoredChunk)
 
 
 def frame(event: str, data: Any, event_id: int | None = None) -> bytes:
+    return raw_frame(event, dumps(data), event_id)
+
+
+def raw_frame(event: str, data: bytes, event_id: int | None = None) -> bytes:
     head = f"event: {event}\n".encode()
     tail = f"id: {event_id}\n\n".encode() if event_id is not None else b"\n"
-    return head + b"data: " + dumps(data) + b"\n" + tail
+    return b"".join((head, b"data: ", data, b"\n", tail))
 
 
 def parse_last_event_id(last_event_id: str | None) -> int | None:
@@ -132,13 +143,17 @@ async def relay(
             if outcome_task in done and end_seq is None:
                 end_seq = await last_seq(js, thread_id, run_id)
             if next_chunk in done:
-                msg = next_chunk.result()
-                relayed = msg.metadata.sequence.stream
+                # Everything already delivered goes out in one write: a token stream is many small events.
+                pieces = []
+                for msg in _with_waiting(next_chunk.result(), chunks):
+                    relayed = msg.metadata.sequence.stream
+                    chunk = _chunk.decode(msg.data)
+                    if wanted(chunk.event, options.modes):
+                        pieces.append(raw_frame(chunk.event, chunk.data, relayed if options.with_ids else None))
                 next_chunk = asyncio.ensure_future(chunks.get())
-                chunk = _chunk.decode(msg.data)
-                if wanted(chunk.event, options.modes):
+                if pieces:
                     sent_any = True
-                    yield frame(chunk.event, chunk.data, relayed if options.with_ids else None)
+                    yield b"".join(pieces)
         outcome = outcome_task.result()
         if isinstance(outcome, contracts.RunFailed):
             yield frame("error", {"error": outcome.error, "message": outcome.message})
@@ -149,6 +164,12 @@ async def relay(
     finally:
         outcome_task.cancel()
         next_chunk.cancel()
+
+
+def _with_waiting(first, queue: asyncio.Queue):
+    yield first
+    while not queue.empty():
+        yield queue.get_nowait()
 
 
 THREAD_MODES = {"run_modes", "lifecycle", "state_update"}
@@ -213,7 +234,7 @@ async def thread_relay(
                 current = run_id
                 if "run_modes" in modes:
                     chunk = _chunk.decode(msg.data)
-                    yield frame(chunk.event, chunk.data, relayed)
+                    yield raw_frame(chunk.event, chunk.data, relayed)
             if next_control in finished:
                 entry = next_control.result()
                 next_control = asyncio.ensure_future(anext(control))
