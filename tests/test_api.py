@@ -192,3 +192,18 @@ async def _until_status(client, tid: str, rid: str, status: str, timeout: float 
     async with asyncio.timeout(timeout):
         while (await client.runs.get(tid, rid))["status"] != status:
             await asyncio.sleep(0.02)
+
+
+async def test_features_not_built_answer_501_with_a_detail(client):
+    thread = (await client.threads.create())["thread_id"]
+    calls = [
+        client.store.put_item(["users"], "k", {"v": 1}),
+        client.assistants.get_versions("echo"),
+        client.runs.create(thread, "echo", input={}, webhook="http://127.0.0.1:9/hook"),
+    ]
+    for call in calls:
+        with pytest.raises(httpx.HTTPStatusError) as err:
+            await call
+        assert err.value.response.status_code == 501
+        assert "not built" in err.value.response.json()["detail"]
+    assert await client.runs.list(thread) == []

@@ -11,13 +11,23 @@ import contracts
 from contracts import subjects
 from services.orchestrator.service import Orchestrator
 from threadbus.broker import bootstrap
+from threadbus.embedded import EmbeddedNats
 from threadbus.settings import Settings
 from threadbus.threadlog import ThreadLog
 
 
+@pytest.fixture(scope="module")
+def quiet_nats(tmp_path_factory):
+    """A broker of its own: the session's `threadbus dev` would act on these threads' events."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats-orchestrator"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture
-async def nc(nats_url):
-    conn = await nats.connect(nats_url)
+async def nc(quiet_nats):
+    conn = await nats.connect(quiet_nats)
     await bootstrap(conn, Settings())
     yield conn
     await conn.drain()

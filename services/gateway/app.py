@@ -21,6 +21,8 @@ NOT_BUILT = {
     "/store": "The long-term memory store API is not built yet",
     "/threads/{thread_id}/runs/crons": "Crons are not built yet",
     "/runs/crons": "Crons are not built yet",
+    "/assistants/{assistant_id}/versions": "Assistant versions are not built yet",
+    "/assistants/{assistant_id}/latest": "Assistant versions are not built yet",
 }
 
 

@@ -370,6 +370,9 @@ class Backend:
             yield events()
 
     async def prepare_run(self, thread_id: str, body: RunCreate, *, temporary: bool = False) -> contracts.RunRequested:
+        if body.webhook:
+            # Accepting it and never calling it would look like a delivery failure on the other side.
+            raise HTTPException(501, "Webhooks are not built yet; poll or join the run instead")
         assistant = await self.run_assistant(body.assistant_id)
         if not temporary:
             try:
