@@ -30,6 +30,7 @@ from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSuperseded
 from threadbus.graphs import GraphRegistry
 from threadbus.jsonable import jsonable
 from threadbus.settings import Settings
+from threadbus.store import open_store
 from threadbus.threadlog import Conflict, ThreadLog
 
 log = logs.get("threadbus.executor")
@@ -51,6 +52,7 @@ class Executor:
 
     async def run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
+        self.store = await open_store(js, self.graphs.raw)
         psub = await js.pull_subscribe_bind(durable=broker.EXECUTOR_CONSUMER, stream=subjects.THREAD_STREAM)
         cancels = await self.nc.subscribe(subjects.cancelled_any(), cb=self._on_cancel)
         slots = asyncio.Semaphore(self.settings.executor_concurrency)
@@ -186,7 +188,7 @@ class Executor:
         config = run_config(requested)
         graph = await self.graphs.build(requested.graph_id, config)
         saver = self.saver.bound(RunGuard(thread_id=thread_id, run_id=run_id, started_seq=started_seq))
-        graph = graph.copy(update={"checkpointer": saver})
+        graph = graph.copy(update={"checkpointer": saver, "store": self.store.for_run()})
         graph_input: Any = command_from(kwargs.command) if kwargs.command else kwargs.input
         if retry and await self._has_checkpoint_of(thread_id, run_id):
             # An earlier delivery got some steps done: continue from its last checkpoint.

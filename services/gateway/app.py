@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import threadbus
-from services.gateway import assistants, runs, threads
+from services.gateway import assistants, runs, store, threads
 from services.gateway.backend import Backend
 from threadbus import broker, logs
 from threadbus.graphs import GraphRegistry
@@ -18,7 +18,6 @@ from threadbus.settings import Settings
 log = logs.get("threadbus.gateway")
 
 NOT_BUILT = {
-    "/store": "The long-term memory store API is not built yet",
     "/threads/{thread_id}/runs/crons": "Crons are not built yet",
     "/runs/crons": "Crons are not built yet",
     "/assistants/{assistant_id}/versions": "Assistant versions are not built yet",
@@ -64,6 +63,7 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
 
     app.include_router(assistants.router)
     app.include_router(threads.router)
+    app.include_router(store.router)
     app.include_router(runs.router)
     for path, detail in NOT_BUILT.items():
         _not_built(app, path, detail)

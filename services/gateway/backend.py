@@ -27,6 +27,7 @@ from threadbus import broker, logs
 from threadbus.checkpointer import JetStreamSaver
 from threadbus.graphs import GraphRegistry, assistant_id_for
 from threadbus.settings import Settings
+from threadbus.store import open_store
 from threadbus.threadlog import ThreadLog
 
 log = logs.get("threadbus.gateway")
@@ -76,6 +77,7 @@ class Backend:
         js = self.nc.jetstream()
         self.threads_kv = await js.key_value(broker.THREADS_BUCKET)
         self.assistants_kv = await js.key_value(broker.ASSISTANTS_BUCKET)
+        self.store = await open_store(js, self.graphs.raw)
         for graph_id in self.graphs.ids():
             await self._put_new(self.assistants_kv, assistant_id_for(graph_id), self._assistant_record(graph_id, system=True))
 

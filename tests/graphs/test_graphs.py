@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from typing_extensions import TypedDict
 
 from langchain_core.messages import AIMessage, AnyMessage
 from langgraph.graph import END, START, StateGraph
+from langgraph.store.base import BaseStore
 from langgraph.graph.message import add_messages
 from langgraph.types import interrupt
 
@@ -86,3 +88,22 @@ _outer.add_edge(START, "inner")
 _outer.add_edge("inner", END)
 nested = _outer.compile()
 """The interrupt is raised inside a subgraph."""
+
+
+async def remember(state: Chat, config, *, store: BaseStore) -> dict:
+    """Counts the user's visits in the store, across threads: read, add one, write back."""
+    user = config["configurable"].get("user_id", "anonymous")
+    delay = float(config["configurable"].get("delay", 0))
+    item = await store.aget(("visits", user), "count")
+    count = (item.value["n"] if item else 0) + 1
+    if delay:
+        await asyncio.sleep(delay)  # widens the read-modify-write window for the lost-update test
+    await store.aput(("visits", user), "count", {"n": count})
+    return {"messages": [AIMessage(content=f"visit {count}")]}
+
+
+_memory = StateGraph(Chat)
+_memory.add_node("remember", remember)
+_memory.add_edge(START, "remember")
+_memory.add_edge("remember", END)
+memory = _memory.compile()

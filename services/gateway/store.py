@@ -1,0 +1,106 @@
+"""Routes: /store, the long-term memory store that graphs use, as langgraph_sdk's ``client.store`` calls it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from threadbus.store import SemanticSearchNotBuilt
+
+router = APIRouter(prefix="/store", tags=["store"])
+
+
+class StorePut(BaseModel):
+    namespace: list[str]
+    key: str
+    value: dict[str, Any]
+    index: bool | list[str] | None = None
+    ttl: float | None = None
+
+
+class StoreDelete(BaseModel):
+    namespace: list[str] = Field(default_factory=list)
+    key: str
+
+
+class StoreSearch(BaseModel):
+    namespace_prefix: list[str] = Field(default_factory=list)
+    filter: dict[str, Any] | None = None
+    limit: int = Field(10, ge=0, le=10_000)
+    offset: int = Field(0, ge=0)
+    query: str | None = None
+    refresh_ttl: bool | None = None
+
+
+class StoreNamespaces(BaseModel):
+    prefix: list[str] | None = None
+    suffix: list[str] | None = None
+    max_depth: int | None = Field(None, ge=1)
+    limit: int = Field(100, ge=0, le=10_000)
+    offset: int = Field(0, ge=0)
+
+
+def store(request: Request):
+    return request.app.state.backend.store
+
+
+def _namespace(labels: list[str]) -> tuple[str, ...]:
+    for label in labels:
+        if not label or "." in label:
+            raise HTTPException(422, f"Invalid namespace label {label!r}: labels are non-empty and contain no '.'")
+    return tuple(labels)
+
+
+def _item(item) -> dict[str, Any]:
+    return item.dict()
+
+
+@router.put("/items", status_code=204)
+async def put_item(body: StorePut, request: Request):
+    await store(request).aput(_namespace(body.namespace), body.key, body.value, index=body.index, ttl=body.ttl)
+    return Response(status_code=204)
+
+
+@router.get("/items")
+async def get_item(request: Request, key: str, namespace: str = "", refresh_ttl: bool | None = Query(None)):
+    labels = namespace.split(".") if namespace else []
+    item = await store(request).aget(_namespace(labels), key, refresh_ttl=refresh_ttl)
+    if item is None:
+        raise HTTPException(404, f"Item {key!r} not found in namespace {labels}")
+    return _item(item)
+
+
+@router.delete("/items", status_code=204)
+async def delete_item(body: StoreDelete, request: Request):
+    await store(request).adelete(_namespace(body.namespace), body.key)
+    return Response(status_code=204)
+
+
+@router.post("/items/search")
+async def search_items(body: StoreSearch, request: Request):
+    try:
+        items = await store(request).asearch(
+            _namespace(body.namespace_prefix),
+            query=body.query,
+            filter=body.filter,
+            limit=body.limit,
+            offset=body.offset,
+            refresh_ttl=body.refresh_ttl,
+        )
+    except SemanticSearchNotBuilt as err:
+        raise HTTPException(501, str(err)) from None
+    return {"items": [_item(i) for i in items]}
+
+
+@router.post("/namespaces")
+async def list_namespaces(body: StoreNamespaces, request: Request):
+    namespaces = await store(request).alist_namespaces(
+        prefix=tuple(body.prefix) if body.prefix else None,
+        suffix=tuple(body.suffix) if body.suffix else None,
+        max_depth=body.max_depth,
+        limit=body.limit,
+        offset=body.offset,
+    )
+    return {"namespaces": [list(ns) for ns in namespaces]}
