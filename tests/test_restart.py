@@ -23,7 +23,7 @@ async def snapshot(client, tid: str) -> dict:
     }
 
 
-async def test_full_restart_keeps_threads_runs_and_statuses(tmp_path):
+async def test_full_restart_keeps_threads_runs_statuses_assistants_and_the_store(tmp_path):
     data_dir = tmp_path / "data"
 
     def start() -> ThreadbusProcess:
@@ -40,6 +40,9 @@ async def test_full_restart_keeps_threads_runs_and_statuses(tmp_path):
         failed = (await client.threads.create())["thread_id"]
         await client.runs.wait(failed, "failing", input=said("x"), raise_error=False)
         before = {tid: await snapshot(client, tid) for tid in (ok, failed)}
+        aid = (await client.assistants.create("echo", name="kept"))["assistant_id"]
+        await client.assistants.update(aid, name="kept v2")
+        await client.store.put_item(["kept"], "item", {"v": 1})
     finally:
         assert proc.stop() == 0
     # Nothing is left running: the broker's data dir is free for the next start.
@@ -49,6 +52,8 @@ async def test_full_restart_keeps_threads_runs_and_statuses(tmp_path):
         client = get_client(url=proc.url)
         after = {tid: await snapshot(client, tid) for tid in (ok, failed)}
         assert after == before
+        assert [(v["version"], v["name"]) for v in await client.assistants.get_versions(aid)] == [(2, "kept v2"), (1, "kept")]
+        assert (await client.store.get_item(["kept"], "item"))["value"] == {"v": 1}
         assert after[ok]["thread"]["status"] == "idle"
         assert after[failed]["thread"]["status"] == "error"
         # And the thread carries on from where it was.

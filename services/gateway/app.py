@@ -20,8 +20,6 @@ log = logs.get("threadbus.gateway")
 NOT_BUILT = {
     "/threads/{thread_id}/runs/crons": "Crons are not built yet",
     "/runs/crons": "Crons are not built yet",
-    "/assistants/{assistant_id}/versions": "Assistant versions are not built yet",
-    "/assistants/{assistant_id}/latest": "Assistant versions are not built yet",
 }
 
 

@@ -6,7 +6,14 @@ from fastapi import APIRouter, Request, Response
 from langgraph.pregel import Pregel
 from pydantic import TypeAdapter
 
-from services.gateway.models import AssistantCount, AssistantCreate, AssistantPatch, AssistantSearch
+from services.gateway.models import (
+    AssistantCount,
+    AssistantCreate,
+    AssistantLatest,
+    AssistantPatch,
+    AssistantSearch,
+    AssistantVersions,
+)
 
 router = APIRouter(prefix="/assistants", tags=["assistants"])
 
@@ -44,6 +51,19 @@ async def get(assistant_id: str, request: Request):
 @router.patch("/{assistant_id}")
 async def patch(assistant_id: str, body: AssistantPatch, request: Request):
     return await backend(request).patch_assistant(assistant_id, body)
+
+
+@router.post("/{assistant_id}/versions")
+async def versions(assistant_id: str, body: AssistantVersions, request: Request):
+    b = backend(request)
+    current = await b.get_assistant(assistant_id)
+    found = await b.assistant_versions(current["assistant_id"], body.metadata)
+    return found[body.offset : body.offset + body.limit]
+
+
+@router.post("/{assistant_id}/latest")
+async def set_latest(assistant_id: str, body: AssistantLatest, request: Request):
+    return await backend(request).set_latest_version(assistant_id, body.version)
 
 
 @router.delete("/{assistant_id}", status_code=204)

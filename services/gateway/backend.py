@@ -63,6 +63,10 @@ def merge_config(base: dict[str, Any] | None, override: dict[str, Any] | None) -
     return merged
 
 
+def _version_key(assistant_id: str, version: int) -> str:
+    return f"{assistant_id}.{version}"
+
+
 class Backend:
     def __init__(self, nc: NATS, settings: Settings, graphs: GraphRegistry):
         self.nc = nc
@@ -77,9 +81,12 @@ class Backend:
         js = self.nc.jetstream()
         self.threads_kv = await js.key_value(broker.THREADS_BUCKET)
         self.assistants_kv = await js.key_value(broker.ASSISTANTS_BUCKET)
+        self.versions_kv = await js.key_value(broker.ASSISTANT_VERSIONS_BUCKET)
         self.store = await open_store(js, self.graphs.raw)
         for graph_id in self.graphs.ids():
-            await self._put_new(self.assistants_kv, assistant_id_for(graph_id), self._assistant_record(graph_id, system=True))
+            record = self._assistant_record(graph_id, system=True)
+            if await self._put_new(self.assistants_kv, record["assistant_id"], record):
+                await self._save_version(record)
 
     # -- KV helpers ---------------------------------------------------------------------------
     @staticmethod
@@ -188,34 +195,76 @@ class Backend:
             description=body.description,
         )
         if await self._put_new(self.assistants_kv, assistant_id, record):
+            await self._save_version(record)
             return record
         if body.if_exists == "do_nothing":
             return await self.get_assistant(assistant_id)
         raise HTTPException(409, f"Assistant {assistant_id} already exists")
 
     async def patch_assistant(self, assistant_id: str, body: AssistantPatch) -> dict[str, Any]:
-        current = await self.get_assistant(assistant_id)
+        """A new version with the changes (metadata merged, the rest replaced), made the active one."""
         if body.graph_id is not None and body.graph_id not in self.graphs:
             raise HTTPException(404, f"Graph {body.graph_id!r} not found")
         changes = body.model_dump(exclude_none=True, exclude={"metadata"})
         if not body.config:
             changes.pop("config", None)
-
-        def change(record):
+        for _ in range(10):
+            current = await self.get_assistant(assistant_id)
+            aid = current["assistant_id"]
+            found = await self._get(self.assistants_kv, aid)
+            if found is None:
+                raise not_found(f"Assistant {assistant_id}")
+            record, revision = found
+            versions = await self.assistant_versions(aid)
             record.update(changes)
             record["metadata"] = {**(record.get("metadata") or {}), **(body.metadata or {})}
-            record["version"] = record.get("version", 1) + 1
+            record["version"] = max((v["version"] for v in versions), default=0) + 1
             record["updated_at"] = iso_now()
-            return record
+            # The version first: an active record always has its version stored.
+            if not await self._put_new(self.versions_kv, _version_key(aid, record["version"]), record):
+                continue  # a concurrent patch took this number
+            try:
+                await self.assistants_kv.update(aid, orjson.dumps(record), last=revision)
+                return record
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        raise HTTPException(409, f"Assistant {assistant_id} is being updated concurrently; try again")
 
-        updated = await self._update(self.assistants_kv, current["assistant_id"], change)
-        if updated is None:
-            raise not_found(f"Assistant {assistant_id}")
-        return updated
+    async def _save_version(self, record: dict[str, Any]) -> None:
+        await self.versions_kv.put(_version_key(record["assistant_id"], record["version"]), orjson.dumps(record))
+
+    async def assistant_versions(self, assistant_id: str, metadata: dict | None = None) -> list[dict[str, Any]]:
+        """Every stored version of the assistant, newest first."""
+        watcher = await self.versions_kv.watch(f"{assistant_id}.*", ignore_deletes=True)
+        versions = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                versions.append(orjson.loads(entry.value))
+        finally:
+            await watcher.stop()
+        versions = [v for v in versions if matches(v.get("metadata") or {}, metadata)]
+        return sorted(versions, key=lambda v: v["version"], reverse=True)
+
+    async def set_latest_version(self, assistant_id: str, version: int) -> dict[str, Any]:
+        current = await self.get_assistant(assistant_id)
+        aid = current["assistant_id"]
+        found = await self._get(self.versions_kv, _version_key(aid, version))
+        if found is None:
+            raise not_found(f"Version {version} of assistant {assistant_id}")
+        chosen = found[0]
+
+        def change(record):
+            return {**chosen, "created_at": record["created_at"], "updated_at": iso_now()}
+
+        return await self._update(self.assistants_kv, aid, change) or chosen
 
     async def delete_assistant(self, assistant_id: str) -> None:
         current = await self.get_assistant(assistant_id)
         await self.assistants_kv.delete(current["assistant_id"])
+        for version in await self.assistant_versions(current["assistant_id"]):
+            await self.versions_kv.purge(_version_key(current["assistant_id"], version["version"]))
 
     async def search_assistants(self, graph_id=None, metadata=None, name=None) -> list[dict[str, Any]]:
         found = [

@@ -45,6 +45,16 @@ class AssistantSearch(Body):
     select: list[str] | None = None
 
 
+class AssistantVersions(Body):
+    metadata: dict[str, Any] | None = None
+    limit: int = Field(default=10, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class AssistantLatest(Body):
+    version: int = Field(ge=1)
+
+
 class AssistantCount(Body):
     metadata: dict[str, Any] | None = None
     graph_id: str | None = None
