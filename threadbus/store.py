@@ -25,6 +25,7 @@ the Store is for, not for millions of items under one prefix.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import Iterable
@@ -106,6 +107,10 @@ class JetStreamStore(BaseStore):
         # LangGraph's TTLConfig: `default_ttl` (minutes) and `refresh_on_read` (BaseStore reads it).
         self.ttl_config = ttl
         self.default_ttl_minutes = (ttl or {}).get("default_ttl")
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         # key -> revision this store read; None: a shared store (the HTTP API's), whose puts are plain writes.
         self._read: dict[str, int] | None = None
 
@@ -117,7 +122,17 @@ class JetStreamStore(BaseStore):
 
     # -- BaseStore ----------------------------------------------------------------------------
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        raise NotImplementedError("JetStreamStore is asynchronous: use the a* methods (graphs run async here)")
+        # Sync nodes (``store.search(...)`` in a plain ``def``) run in LangGraph's worker threads
+        # while the event loop that owns the NATS connection runs on: hand the work to it.
+        if self._loop is None or not self._loop.is_running():
+            raise RuntimeError("JetStreamStore's sync methods need its event loop running in another thread")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            raise RuntimeError("Sync store methods would block the event loop here: use the a* methods in async code")
+        return asyncio.run_coroutine_threadsafe(self.abatch(ops), self._loop).result()
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         results: list[Result] = []
