@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     verify = sub.add_parser("verify", help="replay thread logs on NATS_URL and check the invariants; exit 1 on a violation")
     verify.add_argument("--thread", help="check only this thread (default: every thread)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    events = sub.add_parser("events", help="print a thread's log from NATS_URL as a timeline (the audit trail)")
+    events.add_argument("thread_id")
+    events.add_argument("--follow", action="store_true", help="keep printing events as they are appended")
+    events.add_argument("--json", action="store_true", help="one JSON object per event")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -151,6 +155,10 @@ def main(argv: list[str] | None = None) -> None:
             from threadbus.verify import run_cli
 
             sys.exit(asyncio.run(run_cli(settings, args.thread, args.json)))
+        elif args.command == "events":
+            from threadbus import timeline
+
+            sys.exit(asyncio.run(timeline.run_cli(settings, args.thread_id, args.follow, args.json)))
         else:
             asyncio.run(_run_one(args.command, settings))
     except KeyboardInterrupt:
