@@ -7,6 +7,9 @@ existing stream whose config drifted is updated back (never through FastStream's
 
 from __future__ import annotations
 
+import ssl
+from typing import Any
+
 import nats
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -51,7 +54,25 @@ async def connect(settings: Settings, name: str) -> NATS:
         disconnected_cb=disconnected,
         reconnected_cb=reconnected,
         error_cb=error,
+        **credentials(settings),
     )
+
+
+def credentials(settings: Settings) -> dict[str, Any]:
+    """nats.connect's authentication and TLS options from the settings that are set."""
+    options: dict[str, Any] = {}
+    if settings.nats_creds:
+        options["user_credentials"] = settings.nats_creds
+    if settings.nats_user:
+        options.update(user=settings.nats_user, password=settings.nats_password)
+    if settings.nats_token:
+        options["token"] = settings.nats_token
+    if settings.nats_tls_ca or settings.nats_tls_cert:
+        context = ssl.create_default_context(cafile=settings.nats_tls_ca)
+        if settings.nats_tls_cert:
+            context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+        options["tls"] = context
+    return options
 
 
 def thread_stream_config(settings: Settings) -> StreamConfig:

@@ -53,6 +53,8 @@ class EmbeddedNats:
         sync_interval: str | None = None,
         max_payload_mb: int = 8,
         log_file: str | os.PathLike | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -60,6 +62,7 @@ class EmbeddedNats:
         self.sync_interval = sync_interval
         self.max_payload_mb = max_payload_mb
         self.log_file = Path(log_file) if log_file else self.data_dir / "nats-server.log"
+        self.user, self.password = user, password
         self.process: subprocess.Popen | None = None
 
     @property
@@ -78,6 +81,8 @@ class EmbeddedNats:
         if self.sync_interval:
             lines.append(f"  sync_interval: {self.sync_interval}")
         lines.append("}")
+        if self.user:
+            lines += ["authorization {", f'  user: "{self.user}"', f'  password: "{self.password}"', "}"]
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 20.0) -> str:

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field
@@ -20,6 +22,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("THREADBUS_NATS_URL", "NATS_URL"),
         description="NATS server(s), comma-separated.",
     )
+    nats_creds: str | None = Field(default=None, description="NATS credentials file (JWT + nkey seed), as issued by nsc.")
+    nats_user: str | None = Field(default=None, description="NATS user name (with nats_password).")
+    nats_password: str | None = Field(default=None, description="NATS password.")
+    nats_token: str | None = Field(default=None, description="NATS authentication token.")
+    nats_tls_ca: str | None = Field(default=None, description="CA bundle that signed the NATS servers' certificates.")
+    nats_tls_cert: str | None = Field(default=None, description="Client certificate for NATS mutual TLS (with nats_tls_key).")
+    nats_tls_key: str | None = Field(default=None, description="Client key for NATS mutual TLS.")
     config: str = Field(default="langgraph.json", description="Path of the langgraph.json that declares the graphs.")
     host: str = Field(default="127.0.0.1", description="Gateway listen address.")
     port: int = Field(default=8123, description="Gateway listen port.")
@@ -42,10 +51,43 @@ class Settings(BaseSettings):
         ),
     )
     decision_timeout_s: float = Field(default=10.0, description="How long the gateway waits for the orchestrator's decision.")
-    log_level: str = Field(default="info")
-    log_format: Literal["auto", "json", "console"] = Field(default="auto")
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="Log lines as JSON, or for a terminal; auto: JSON unless stdout is a terminal."
+    )
 
 
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+SETTINGS_DOC = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
+
+
+def table() -> str:
+    """docs/settings.md: every setting, its variable, default and meaning."""
+    rows = [
+        "# Settings",
+        "",
+        "Every service reads these environment variables (generated from `threadbus/settings.py`:",
+        "`python -m threadbus.settings`; the test suite checks this page is current).",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        variable = "NATS_URL or THREADBUS_NATS_URL" if name == "nats_url" else f"THREADBUS_{name.upper()}"
+        default = "" if field.default is None else f"`{field.default}`"
+        rows.append(f"| `{variable}` | {default} | {field.description or ''} |")
+    return "\n".join(rows) + "\n"
+
+
+def environment_names() -> set[str]:
+    return {"NATS_URL"} | {f"THREADBUS_{name.upper()}" for name in Settings.model_fields}
+
+
+if __name__ == "__main__":
+    if "--check" in sys.argv:
+        sys.exit(0 if SETTINGS_DOC.exists() and SETTINGS_DOC.read_text() == table() else 1)
+    SETTINGS_DOC.write_text(table())

@@ -12,10 +12,10 @@ import sys
 from typing import TextIO
 
 import msgspec
-import nats
 
 import contracts
 from contracts import subjects
+from threadbus import broker
 from threadbus.settings import Settings
 from threadbus.threadlog import Entry, ThreadLog
 
@@ -62,7 +62,7 @@ async def run_cli(settings: Settings, thread_id: str, follow: bool, as_json: boo
 
 
 async def _print(settings: Settings, thread_id: str, follow: bool, as_json: bool, out: TextIO) -> int:
-    nc = await nats.connect(settings.nats_url.split(","))
+    nc = await broker.connect(settings, "events")
     try:
         log = ThreadLog(nc)
         control = subjects.thread_control(thread_id)
