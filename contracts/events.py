@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 import msgspec
 
 __all__ = [
+    "RUN_TIMEOUT",
     "Event",
     "RunKwargs",
     "RunRequested",
@@ -135,6 +136,10 @@ class RunStopped(Event, tag=True, kw_only=True):
 class RunSucceeded(Event, tag=True, kw_only=True):
     run_id: str
     values: Any = None
+
+
+RUN_TIMEOUT = "RunTimeout"
+"""``RunFailed.error`` of a run stopped because it ran longer than the deployment allows."""
 
 
 class RunFailed(Event, tag=True, kw_only=True):

@@ -15,6 +15,11 @@ Run stream log (stream ``TB_RUNSTREAM``, expiring after a configurable age)::
 
     tb.stream.<thread>.<run>                          the run's SSE events, in order
 
+Dead letters (stream ``TB_DEADLETTER``)::
+
+    tb.deadletter.<service>                           a message that failed contract validation,
+                                                      as it was, with the reason in headers
+
 Tokens are encoded with :func:`token`: ids made of letters, digits, ``-`` and ``_`` stay as
 they are; anything else (a checkpoint namespace, an arbitrary thread id) becomes ``~`` followed
 by its unpadded base64url form, which is injective and reversible.
@@ -29,6 +34,8 @@ THREAD_STREAM = "TB_THREADS"
 PREFIX = "tb.thread"
 RUN_STREAM = "TB_RUNSTREAM"
 STREAM_PREFIX = "tb.stream"
+DEADLETTER_STREAM = "TB_DEADLETTER"
+DEADLETTER_PREFIX = "tb.deadletter"
 
 _SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -125,6 +132,10 @@ def writes(thread_id: str, ns: str | None = None, checkpoint_id: str | None = No
 def run_stream(thread_id: str, run_id: str | None = None) -> str:
     """The stream log of one run's SSE events (of every run of the thread when run_id is None)."""
     return f"{STREAM_PREFIX}.{token(thread_id)}.{'*' if run_id is None else token(run_id)}"
+
+
+def dead_letter(service: str) -> str:
+    return f"{DEADLETTER_PREFIX}.{token(service)}"
 
 
 def run_of_stream(subject: str) -> str:

@@ -112,10 +112,34 @@ def run_stream_config(settings: Settings) -> StreamConfig:
     )
 
 
+def deadletter_stream_config(settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.DEADLETTER_STREAM,
+        subjects=[f"{subjects.DEADLETTER_PREFIX}.>"],
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        max_age=settings.deadletter_max_age_s,
+        max_msg_size=settings.max_payload_mb * 1024 * 1024,
+    )
+
+
+async def dead_letter(nc: NATS, service: str, msg, reason: str) -> None:
+    """Keep a message that failed contract validation, with why, where an operator can look
+    (``nats stream view TB_DEADLETTER``), instead of retrying it forever or dropping it unseen."""
+    headers = {"Threadbus-Reason": reason[:1000], "Threadbus-Subject": msg.subject}
+    if getattr(msg, "metadata", None) is not None:
+        seq = msg.metadata.sequence.stream
+        # A redelivered poison message is dead-lettered once.
+        headers.update({"Threadbus-Sequence": str(seq), "Nats-Msg-Id": f"dead:{service}:{msg.subject}:{seq}"})
+    await nc.jetstream().publish(subjects.dead_letter(service), msg.data or b"", headers=headers)
+    log.warning("dead-lettered an invalid message", service=service, subject=msg.subject, reason=reason[:200])
+
+
 async def bootstrap(nc: NATS, settings: Settings) -> None:
     js = nc.jetstream()
     await ensure_stream(js, thread_stream_config(settings))
     await ensure_stream(js, run_stream_config(settings))
+    await ensure_stream(js, deadletter_stream_config(settings))
     consumers = [
         ConsumerConfig(
             durable_name=ORCHESTRATOR_CONSUMER,

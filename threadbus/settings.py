@@ -39,7 +39,12 @@ class Settings(BaseSettings):
     duplicate_window_s: float = Field(default=120.0, description="JetStream dedup window of the thread log.")
     max_payload_mb: int = Field(default=8, description="Largest event (checkpoint) the embedded server accepts.")
     stream_max_age_s: float = Field(default=3600.0, description="How long a run's SSE events stay joinable.")
+    max_body_mb: int = Field(default=8, description="Largest HTTP request body the gateway accepts (413 above).")
+    deadletter_max_age_s: float = Field(default=7 * 86400.0, description="How long invalid messages are kept for inspection.")
     stream_heartbeat_s: float = Field(default=5.0, description="Idle SSE connections get a heartbeat comment this often.")
+    run_timeout_s: float | None = Field(
+        default=None, description="A run still executing after this long is stopped and ends with status 'timeout'."
+    )
     executor_concurrency: int = Field(default=10, description="Runs one executor process executes at once.")
     executor_ack_wait_s: float = Field(default=30.0, description="A run is redelivered after this long without a heartbeat.")
     executor_max_deliver: int = Field(default=5, description="Deliveries of one run before it ends in error.")

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import msgspec
 import nats.errors
 import structlog
 from langgraph.types import Command, Send
@@ -92,7 +93,12 @@ class Executor:
 
     async def _execute(self, msg) -> None:
         started_seq = msg.metadata.sequence.stream
-        started = contracts.decode(msg.data)
+        try:
+            started = contracts.decode(msg.data)
+        except msgspec.DecodeError as err:
+            await broker.dead_letter(self.nc, "executor", msg, str(err))
+            await msg.term()
+            return
         thread_id, run_id = started.thread_id, started.run_id
         with structlog.contextvars.bound_contextvars(thread_id=thread_id, run_id=run_id):
             try:
@@ -128,8 +134,10 @@ class Executor:
         self.active[run_id] = asyncio.current_task()
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         log.info("run executing", graph_id=requested.graph_id, attempt=deliveries)
+        deadline = asyncio.timeout(self.settings.run_timeout_s)
         try:
-            outcome = await self._run_graph(requested, started_seq, retry=deliveries > 1)
+            async with deadline:
+                outcome = await self._run_graph(requested, started_seq, retry=deliveries > 1)
         except (RunSuperseded, asyncio.CancelledError) as err:
             if isinstance(err, asyncio.CancelledError):
                 if run_id not in self.cancelled:
@@ -143,10 +151,19 @@ class Executor:
                 raise _Redeliver from None
             return
         except Exception as err:
-            log.warning("graph raised", error=repr(err))
-            outcome = contracts.RunFailed(
-                thread_id=thread_id, run_id=run_id, error=type(err).__name__, message=str(err)
-            )
+            if deadline.expired():  # our deadline, not a TimeoutError of the graph's own
+                log.warning("run timed out", timeout_s=self.settings.run_timeout_s)
+                outcome = contracts.RunFailed(
+                    thread_id=thread_id,
+                    run_id=run_id,
+                    error=contracts.RUN_TIMEOUT,
+                    message=f"the run took longer than {self.settings.run_timeout_s} s (THREADBUS_RUN_TIMEOUT_S)",
+                )
+            else:
+                log.warning("graph raised", error=repr(err))
+                outcome = contracts.RunFailed(
+                    thread_id=thread_id, run_id=run_id, error=type(err).__name__, message=str(err)
+                )
         finally:
             heartbeat.cancel()
             self.active.pop(run_id, None)

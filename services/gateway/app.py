@@ -37,6 +37,7 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
             await nc.drain()
 
     app = FastAPI(title="threadbus", version=threadbus.__version__, lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=settings.max_body_mb * 1024 * 1024)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -95,3 +96,34 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, before they are read into memory:
+    by their Content-Length, or while a chunked body streams in."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            response = JSONResponse({"detail": self._detail()}, status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _detail(self) -> str:
+        return f"Request body larger than {self.limit // (1024 * 1024)} MB (THREADBUS_MAX_BODY_MB)"

@@ -47,7 +47,7 @@ async def thread_runs(log: ThreadLog, thread_id: str) -> ThreadRuns:
     for entry in entries:
         try:
             event = entry.event()
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             continue
         view.state = evolve(view.state, event, entry.seq)
         match event:

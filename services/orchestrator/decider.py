@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from contracts.events import (
+    RUN_TIMEOUT,
     CancelAction,
     Event,
     RunAccepted,
@@ -178,8 +179,8 @@ def evolve(state: ThreadState, event: Event, seq: int | None = None) -> ThreadSt
             return _ended(state, run_id, "success", paused=False, failed=False)
         case RunInterrupted(run_id=run_id):
             return _ended(state, run_id, "success", paused=True, failed=False)
-        case RunFailed(run_id=run_id):
-            return _ended(state, run_id, "error", paused=False, failed=True)
+        case RunFailed(run_id=run_id, error=error):
+            return _ended(state, run_id, "timeout" if error == RUN_TIMEOUT else "error", paused=False, failed=True)
         case RunRolledBack(run_id=run_id):
             state = _drop_cancels(state, run_id)
             return replace(

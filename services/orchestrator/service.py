@@ -92,8 +92,8 @@ class Orchestrator:
                     continue
                 try:
                     event = contracts.decode(msg.data)
-                except msgspec.ValidationError as err:
-                    log.warning("invalid event skipped", subject=msg.subject, seq=seq, error=str(err))
+                except msgspec.DecodeError as err:
+                    await broker.dead_letter(self.nc, "orchestrator", msg, str(err))
                     continue
                 state = evolve(state, event, seq)
             state = await self._settle(state)
@@ -154,7 +154,7 @@ def _decoded(entries):
     for entry in entries:
         try:
             yield entry.seq, entry.event()
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             log.warning("invalid event skipped", subject=entry.subject, seq=entry.seq)
 
 

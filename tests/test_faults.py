@@ -1,0 +1,164 @@
+"""Faults, with real processes: an executor killed mid-run, the broker killed under load, runs
+that outlive the deadline, poison messages on the bus, oversized HTTP bodies.
+
+The process layout is test_zombie's (one process per service on a broker of the test's own,
+runs redelivered after 2 s without a heartbeat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import httpx
+import nats
+from langgraph_sdk import get_client
+
+import contracts
+from contracts import subjects
+from tests.test_zombie import Cluster, contents, said, wait_logged
+from threadbus import verify
+from threadbus.embedded import EmbeddedNats
+from threadbus.threadlog import ThreadLog
+
+
+async def terminal_events(nc, tid: str, run_id: str) -> list[str]:
+    entries = await ThreadLog(nc).read(subjects.run_control(tid, run_id))
+    return [type(e.event()).__name__ for e in entries if isinstance(e.event(), contracts.TERMINAL_EVENTS)]
+
+
+async def test_a_run_whose_executor_is_killed_finishes_on_another(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        await cluster.start()
+        client = get_client(url=cluster.gateway.url)
+        tid = (await client.threads.create())["thread_id"]
+        run = await client.runs.create(tid, "two_step", input=said("hello"), config={"configurable": {"delay": 1.5}})
+        victim = await wait_logged(cluster.executors, "run executing", run_id=run["run_id"])
+        survivor = next(p for p in cluster.executors if p is not victim)
+        # Killed once its first step is checkpointed: that step must not run again.
+        async with asyncio.timeout(30):
+            while "thinking about: hello" not in contents((await client.threads.get_state(tid))["values"] or {"messages": []}):
+                await asyncio.sleep(0.05)
+        victim.kill()
+
+        async with asyncio.timeout(60):
+            await client.runs.join(tid, run["run_id"])
+        assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
+        assert await wait_logged([survivor], "run executing", run_id=run["run_id"]) is survivor
+        assert contents((await client.threads.get_state(tid))["values"]) == ["hello", "thinking about: hello", "answer to: hello"]
+        nc = await nats.connect(cluster.nats.url)
+        try:
+            assert await terminal_events(nc, tid, run["run_id"]) == ["RunSucceeded"]
+            report = await verify.verify(nc, [tid])
+            assert report.ok, report.format()
+        finally:
+            await nc.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+async def test_every_accepted_run_ends_after_the_broker_is_killed_and_restarted(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        await cluster.start()
+        client = get_client(url=cluster.gateway.url, timeout=httpx.Timeout(10))
+        threads = [(await client.threads.create())["thread_id"] for _ in range(10)]
+        accepted: list[tuple[str, str]] = []
+
+        async def send(tid: str, i: int) -> None:
+            try:
+                run = await client.runs.create(tid, "two_step", input=said(f"m{i}"), config={"configurable": {"delay": 0.2}})
+                accepted.append((tid, run["run_id"]))
+            except (httpx.HTTPError, Exception):  # refused while the broker is down: not accepted
+                pass
+
+        first = [send(tid, i) for i, tid in enumerate(threads)]
+        await asyncio.gather(*first)
+        cluster.nats.process.kill()  # kill -9: no flush, no goodbye
+        await asyncio.to_thread(cluster.nats.process.wait)
+        during = asyncio.gather(*(send(tid, 100 + i) for i, tid in enumerate(threads)))
+        await asyncio.sleep(1)
+        restarted = EmbeddedNats(cluster.nats.data_dir, port=cluster.nats.port, monitor_port=cluster.nats.monitor_port)
+        await asyncio.to_thread(restarted.start)
+        cluster.nats = restarted
+        await during
+        await asyncio.gather(*(send(tid, 200 + i) for i, tid in enumerate(threads)))
+
+        assert len(accepted) >= 20
+        async with asyncio.timeout(120):
+            for tid, run_id in accepted:
+                await client.runs.join(tid, run_id)
+        statuses = [(await client.runs.get(tid, run_id))["status"] for tid, run_id in accepted]
+        assert set(statuses) == {"success"}, statuses
+        nc = await nats.connect(restarted.url)
+        try:
+            report = await verify.verify(nc, threads)
+            assert report.ok and not report.in_flight(), report.format()
+        finally:
+            await nc.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+async def test_poison_messages_are_dead_lettered_and_the_services_carry_on(client, nats_url):
+    tid, rid = str(uuid.uuid4()), str(uuid.uuid4())
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        # Not JSON at all, to the orchestrator; valid JSON but not a contract, to the executors.
+        await js.publish(subjects.control_event(tid, rid, "RunRequested"), b"\x00garbage")
+        await js.publish(subjects.control_event(tid, rid, "RunStarted"), json.dumps({"type": "RunStarted"}).encode())
+        sub = await js.subscribe(f"{subjects.DEADLETTER_PREFIX}.>", stream=subjects.DEADLETTER_STREAM, ordered_consumer=True)
+        found = {}
+        async with asyncio.timeout(30):
+            while len(found) < 2:
+                msg = await sub.next_msg(timeout=30)
+                if msg.headers.get("Threadbus-Subject", "").startswith(f"{subjects.PREFIX}.{tid}."):
+                    found[msg.subject.rsplit(".", 1)[1]] = msg
+        assert set(found) == {"orchestrator", "executor"}
+        assert found["orchestrator"].data == b"\x00garbage"
+        assert "Threadbus-Reason" in found["executor"].headers
+    finally:
+        await nc.close()
+    # Both kept going.
+    thread = (await client.threads.create())["thread_id"]
+    assert (await client.runs.wait(thread, "echo", input=said("still here")))["messages"][-1]["content"] == "echo: still here"
+
+
+async def test_a_run_past_the_deadline_ends_with_status_timeout(tmp_path):
+    from tests.support import TEST_GRAPHS, ThreadbusProcess
+
+    proc = ThreadbusProcess(
+        ["dev", "--data-dir", str(tmp_path / "data"), "--config", str(TEST_GRAPHS)],
+        log_path=tmp_path / "threadbus.log",
+        env={"THREADBUS_RUN_TIMEOUT_S": "1"},
+    ).start()
+    try:
+        client = get_client(url=proc.url)
+        tid = (await client.threads.create())["thread_id"]
+        slow = await client.runs.wait(tid, "two_step", input=said("slow"), config={"configurable": {"delay": 2}}, raise_error=False)
+        assert slow["__error__"]["error"] == contracts.RUN_TIMEOUT
+        runs = await client.runs.list(tid)
+        assert [r["status"] for r in runs] == ["timeout"]
+        quick = await client.runs.wait(tid, "echo", input=said("quick"))
+        assert quick["messages"][-1]["content"] == "echo: quick"
+    finally:
+        proc.stop()
+
+
+async def test_oversized_bodies_are_refused_with_413(server):
+    big = {"metadata": {"blob": "x" * (9 * 1024 * 1024)}}
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        res = await http.post("/threads", json=big)
+        assert res.status_code == 413 and "THREADBUS_MAX_BODY_MB" in res.json()["detail"]
+
+        async def chunks():
+            for _ in range(10):
+                yield b"x" * (1024 * 1024)
+
+        res = await http.post("/threads", content=chunks(), headers={"content-type": "application/json"})
+        assert res.status_code == 413
+        assert (await http.post("/threads", json={"metadata": {"small": True}})).status_code == 200
+
