@@ -122,8 +122,12 @@ class ThreadReport:
         return not self.violations
 
     def counts(self) -> dict[str, int]:
-        found = Counter(v.kind for v in self.violations)
-        return {kind: found.get(kind, 0) for kind in KINDS}
+        return _counts(self.violations)
+
+
+def _counts(violations: list[Violation]) -> dict[str, int]:
+    found = Counter(v.kind for v in violations)
+    return {kind: found.get(kind, 0) for kind in KINDS}
 
 
 @dataclass
@@ -140,8 +144,7 @@ class Report:
         return not self.violations
 
     def counts(self) -> dict[str, int]:
-        found = Counter(v.kind for v in self.violations)
-        return {kind: found.get(kind, 0) for kind in KINDS}
+        return _counts(self.violations)
 
     def examples(self) -> dict[str, list[Violation]]:
         out: dict[str, list[Violation]] = {}

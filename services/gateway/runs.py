@@ -140,12 +140,7 @@ async def join_stream(
 ):
     b = backend(request)
     runs, run = await b.find_run(thread_id, run_id)
-    after_seq = streams.parse_last_event_id(last_event_id)
-    replay = after_seq is not None
-    if after_seq is None:
-        # "From now on" is after the newest chunk stored: subscribing from that sequence, rather than
-        # with deliver-new, leaves no gap in which a chunk is neither replayed nor delivered live.
-        after_seq = await streams.last_seq(b.js, thread_id, run_id)
+    after_seq, replay = await streams.resume_point(b.js, thread_id, run_id, last_event_id)
     stack = AsyncExitStack()
     try:
         events = await stack.enter_async_context(b.run_events(thread_id, run_id))

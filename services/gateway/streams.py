@@ -61,6 +61,16 @@ def parse_last_event_id(last_event_id: str | None) -> int | None:
         raise HTTPException(422, f"Last-Event-ID must be a stream sequence or '-', got {last_event_id!r}") from None
 
 
+async def resume_point(js, thread_id: str, run_id: str | None, last_event_id: str | None) -> tuple[int, bool]:
+    """Where a join starts (the stream sequence to relay after) and whether the client asked for
+    a replay. "From now on" is after the newest event stored: subscribing from that sequence,
+    rather than with deliver-new, leaves no gap in which an event is neither replayed nor relayed."""
+    after_seq = parse_last_event_id(last_event_id)
+    if after_seq is not None:
+        return after_seq, True
+    return await last_seq(js, thread_id, run_id), False
+
+
 def parse_modes(stream_mode: list[str] | None) -> set[str] | None:
     """`stream_mode` as the SDK sends it: absent, empty, a value, repeated values or a JSON array."""
     modes: set[str] = set()

@@ -121,10 +121,7 @@ async def join_stream(
     modes = streams.parse_modes(stream_mode) or {"run_modes"}
     if unknown := modes - streams.THREAD_MODES:
         raise HTTPException(422, f"Unknown thread stream_mode {sorted(unknown)}; use {sorted(streams.THREAD_MODES)}")
-    after_seq = streams.parse_last_event_id(last_event_id)
-    replay = after_seq is not None
-    if after_seq is None:
-        after_seq = await streams.last_seq(b.js, thread_id, None)
+    after_seq, replay = await streams.resume_point(b.js, thread_id, None, last_event_id)
     stack = AsyncExitStack()
     try:
         control = await stack.enter_async_context(b.log.follow(subjects.thread_control(thread_id)))
