@@ -129,6 +129,11 @@ def writes(thread_id: str, ns: str | None = None, checkpoint_id: str | None = No
     return f"{PREFIX}.{token(thread_id)}.run.*.write.{ns_tok}.{id_tok}.*"
 
 
+def run_records(run_id: str, kind: str) -> str:
+    """The ``kind`` ("ckpt" or "write") records of one run, in whichever thread."""
+    return f"{PREFIX}.*.run.{token(run_id)}.{kind}.>"
+
+
 def run_stream(thread_id: str, run_id: str | None = None) -> str:
     """The stream log of one run's SSE events (of every run of the thread when run_id is None)."""
     return f"{STREAM_PREFIX}.{token(thread_id)}.{'*' if run_id is None else token(run_id)}"

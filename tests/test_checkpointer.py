@@ -19,8 +19,7 @@ from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSuperseded
 from threadbus.settings import Settings
 from threadbus.threadlog import ThreadLog
 
-# delete_for_runs is not implemented (see threadbus.checkpointer): rollback is ThreadLog.compact.
-CAPABILITIES = ["put", "put_writes", "get_tuple", "list", "delete_thread", "copy_thread", "prune"]
+CAPABILITIES = ["put", "put_writes", "get_tuple", "list", "delete_thread", "delete_for_runs", "copy_thread", "prune"]
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,9 @@ Reads: the newest checkpoint of a namespace is the newest by stream sequence; pe
 applied in log order, the first write of a ``(task, idx >= 0)`` winning and the last one of a
 special negative index, as ``InMemorySaver`` does.
 
-``delete_for_runs`` is not implemented: threadbus deletes a run's records with
-``ThreadLog.compact``, and LangGraph identifies a run by ``metadata["run_id"]``, which for
-unguarded writes is not the run token of the subject.
+Records are filed under the run that wrote them: the guard's run, or for an unguarded saver
+``metadata["run_id"]`` (how LangGraph names a checkpoint's run), so ``delete_for_runs`` is a
+purge of the runs' subjects, as rollback's compaction is.
 """
 
 from __future__ import annotations
@@ -140,18 +140,20 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
     ) -> RunnableConfig:
         conf = config["configurable"]
         thread_id, ns, checkpoint_id = conf["thread_id"], conf.get("checkpoint_ns", ""), checkpoint["id"]
+        metadata = get_checkpoint_metadata(config, metadata)
+        run = self.guard.run_id if self.guard else str(metadata.get("run_id") or UNGUARDED_RUN)
         event = contracts.CheckpointSaved(
             thread_id=thread_id,
-            run_id=self._run,
+            run_id=run,
             checkpoint_ns=ns,
             checkpoint_id=checkpoint_id,
             parent_checkpoint_id=conf.get("checkpoint_id"),
             checkpoint=self._dump(checkpoint),
-            metadata=self._dump(get_checkpoint_metadata(config, metadata)),
+            metadata=self._dump(metadata),
         )
         # A fresh id per call: append reuses it for the call's own retries, and a checkpoint saved
         # again later (a redelivered run, a copy after a delete) is a new record, read as the newest.
-        await self._append(subjects.checkpoint(thread_id, self._run, ns, checkpoint_id), event, str(uuid.uuid4()))
+        await self._append(subjects.checkpoint(thread_id, run, ns, checkpoint_id), event, str(uuid.uuid4()))
         return _config(thread_id, ns, checkpoint_id)
 
     async def aput_writes(
@@ -185,6 +187,15 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         # The thread's control events stay: the thread and its runs are the orchestrator's.
         await self.log.purge(subjects.checkpoints(thread_id))
         await self.log.purge(subjects.writes(thread_id))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        for run_id in run_ids:
+            # Writes made against the run's checkpoints go with them, whichever run made them.
+            for entry in await self.log.read(subjects.run_records(run_id, "ckpt")):
+                thread_id, ns, checkpoint_id = _checkpoint_key(entry.subject)
+                await self.log.purge(subjects.writes(thread_id, ns, checkpoint_id))
+            await self.log.purge(subjects.run_records(run_id, "ckpt"))
+            await self.log.purge(subjects.run_records(run_id, "write"))
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         records = await self.log.read(subjects.checkpoints(source_thread_id))
@@ -248,6 +259,9 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
         self._sync(self.aput_writes, config, writes, task_id, task_path)
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        return self._sync(self.adelete_for_runs, run_ids)
 
     def delete_thread(self, thread_id: str) -> None:
         self._sync(self.adelete_thread, thread_id)
