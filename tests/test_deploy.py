@@ -33,7 +33,7 @@ def test_compose_has_a_three_node_cluster_and_two_of_each_service():
         for n in (f"{role}-1", f"{role}-2"):
             assert services[n]["command"] == [role]
             assert services[n]["environment"]["THREADBUS_REPLICAS"] == "3"
-    assert all("healthcheck" in services[f"gateway-{i}"] for i in (1, 2))
+            assert "/ready" in " ".join(services[n]["healthcheck"]["test"])
 
 
 def _environment_variables() -> set[str]:
@@ -56,14 +56,15 @@ def test_deploy_files_set_only_settings_that_exist():
     assert names <= environment_names(), f"unknown settings: {names - environment_names()}"
 
 
-def test_kubernetes_manifests_probe_the_gateway():
+def test_kubernetes_manifests_probe_every_service():
     docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "threadbus.yaml").read_text()))
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Service"]
-    gateway = next(d for d in docs if d["metadata"]["name"] == "threadbus-gateway")
-    container = gateway["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ok"
-    assert gateway["spec"]["replicas"] == 2
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/ok"
+        assert deployment["spec"]["replicas"] == 2
 
 
 async def test_services_authenticate_with_the_configured_credentials(tmp_path):

@@ -54,7 +54,7 @@ async def run_orchestrator(settings: Settings, stop: asyncio.Event) -> None:
     nc = await broker.connect(settings, "orchestrator")
     try:
         await broker.bootstrap(nc, settings)
-        await Orchestrator(nc, settings).run(stop)
+        await _with_health(settings, nc, stop, Orchestrator(nc, settings).run(stop))
     finally:
         await nc.drain()
 
@@ -65,9 +65,26 @@ async def run_executor(settings: Settings, stop: asyncio.Event, graphs=None) -> 
     nc = await broker.connect(settings, "executor")
     try:
         await broker.bootstrap(nc, settings)
-        await Executor(nc, settings, graphs or _graphs(settings)).run(stop)
+        await _with_health(settings, nc, stop, Executor(nc, settings, graphs or _graphs(settings)).run(stop))
     finally:
         await nc.drain()
+
+
+async def _with_health(settings: Settings, nc, stop: asyncio.Event, service) -> None:
+    """Runs ``service``, and its /metrics, /ok and /ready on THREADBUS_METRICS_PORT when set."""
+    if not settings.metrics_port:
+        await service
+        return
+    from threadbus.metrics import health_app
+
+    app = health_app(lambda: nc.is_connected)
+    server = _Server(uvicorn.Config(app, host=settings.host, port=settings.metrics_port, log_config=None, access_log=False))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await service
+    finally:
+        server.should_exit = True
+        await serving
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     config: str = Field(default="langgraph.json", description="Path of the langgraph.json that declares the graphs.")
     host: str = Field(default="127.0.0.1", description="Gateway listen address.")
     port: int = Field(default=8123, description="Gateway listen port.")
+    metrics_port: int | None = Field(
+        default=None, description="Orchestrator and executor: serve /metrics, /ok and /ready on this port (the gateway does on its own)."
+    )
     replicas: int = Field(default=1, description="Replicas of every stream and bucket (3 on a cluster).")
     sync_interval: str | None = Field(
         default=None, description="Embedded nats-server fsync policy: a duration such as '2m', or 'always'."

@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 import contracts
 from contracts import subjects
 from services.executor.streaming import RunStreamWriter
-from threadbus import broker, logs
+from threadbus import broker, logs, metrics
 from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSuperseded
 from threadbus.graphs import GraphRegistry
 from threadbus.jsonable import jsonable
@@ -57,6 +57,8 @@ class Executor:
         psub = await js.pull_subscribe_bind(durable=broker.EXECUTOR_CONSUMER, stream=subjects.THREAD_STREAM)
         cancels = await self.nc.subscribe(subjects.cancelled_any(), cb=self._on_cancel)
         slots = asyncio.Semaphore(self.settings.executor_concurrency)
+        metrics.EXECUTOR_SLOTS.set(self.settings.executor_concurrency)
+        metrics.EXECUTOR_BUSY.set_function(lambda: len(self.active))
         log.info("executor consuming", concurrency=self.settings.executor_concurrency)
         tasks: set[asyncio.Task] = set()
         try:
@@ -120,6 +122,8 @@ class Executor:
         if requested is None:
             return
         deliveries = msg.metadata.num_delivered
+        if deliveries > 1:
+            metrics.REDELIVERIES.inc()
         if deliveries > self.settings.executor_max_deliver:
             await self._finish(
                 contracts.RunFailed(
@@ -176,6 +180,7 @@ class Executor:
         try:
             await self.log.append_event(outcome, expect=started_seq, scope="run")
             log.info("run ended", outcome=type(outcome).__name__)
+            metrics.RUN_OUTCOMES.labels(_outcome_label(outcome)).inc()
         except Conflict:
             await self._confirm_stop(outcome.thread_id, outcome.run_id)
 
@@ -236,6 +241,17 @@ class Executor:
     async def _has_checkpoint_of(self, thread_id: str, run_id: str) -> bool:
         newest = await self.log.last(subjects.checkpoints(thread_id))
         return newest is not None and subjects.run_of(newest.subject) == run_id
+
+
+def _outcome_label(outcome: contracts.Event) -> str:
+    match outcome:
+        case contracts.RunFailed(error=contracts.RUN_TIMEOUT):
+            return "timeout"
+        case contracts.RunFailed():
+            return "error"
+        case contracts.RunInterrupted():
+            return "paused"
+    return "success"
 
 
 def run_config(requested: contracts.RunRequested) -> dict[str, Any]:

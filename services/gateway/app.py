@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 import threadbus
 from services.gateway import assistants, runs, store, threads
 from services.gateway.backend import Backend
-from threadbus import broker, logs
+from threadbus import broker, logs, metrics
 from threadbus.graphs import GraphRegistry
 from threadbus.settings import Settings
 
@@ -47,9 +47,11 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
     async def http_error(request: Request, exc: HTTPException):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    @app.get("/ok")
-    async def ok():
-        return {"ok": True}
+    def connected() -> bool:
+        backend = getattr(app.state, "backend", None)
+        return backend is not None and backend.nc.is_connected
+
+    metrics.add_routes(app, connected)
 
     @app.get("/info")
     async def info():

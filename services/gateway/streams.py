@@ -24,7 +24,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 import contracts
 from contracts import subjects
 from services.gateway import views
-from threadbus import logs
+from threadbus import logs, metrics
 from threadbus.jsonable import dumps
 
 log = logs.get("threadbus.gateway.streams")
@@ -155,8 +155,10 @@ async def relay(
             if next_chunk in done:
                 # Everything already delivered goes out in one write: a token stream is many small events.
                 pieces = []
+                now = contracts.now()
                 for msg in _with_waiting(next_chunk.result(), chunks):
                     relayed = msg.metadata.sequence.stream
+                    metrics.STREAM_LAG_SECONDS.observe(max(0.0, (now - msg.metadata.timestamp).total_seconds()))
                     chunk = _chunk.decode(msg.data)
                     if wanted(chunk.event, options.modes):
                         pieces.append(raw_frame(chunk.event, chunk.data, relayed if options.with_ids else None))

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 import contracts
 from contracts import subjects
 from services.orchestrator.decider import ThreadState, evolve, fold, next_decision
-from threadbus import broker, logs
+from threadbus import broker, logs, metrics
 from threadbus.settings import Settings
 from threadbus.threadlog import Conflict, ThreadLog
 
@@ -40,6 +40,9 @@ class Orchestrator:
         self.log = ThreadLog(nc)
         self.states: OrderedDict[str, ThreadState] = OrderedDict()
         self.inbox: asyncio.Queue = asyncio.Queue()
+        # Computed when scraped: an up-to-date sum would cost a pass over every thread per event.
+        metrics.QUEUED_RUNS.set_function(lambda: sum(len(s.queue) for s in self.states.values()))
+        metrics.DEEPEST_QUEUE.set_function(lambda: max((len(s.queue) for s in self.states.values()), default=0))
 
     async def run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
@@ -136,6 +139,7 @@ class Orchestrator:
                     caught_up = await self._load(state.thread_id)
                 state = caught_up
                 continue
+            _count(state, decision)
             state = evolve(state, decision, seq)
             run_id = getattr(decision, "run_id", None)
             log.info("decided", decision=type(decision).__name__, run_id=run_id, seq=seq, **_details(decision))
@@ -148,6 +152,15 @@ class Orchestrator:
         self.states.move_to_end(state.thread_id)
         while len(self.states) > _CACHE_SIZE:
             self.states.popitem(last=False)
+
+
+def _count(state: ThreadState, decision: contracts.Event) -> None:
+    """Metrics of a request's answer, from the request it answers (the first of the inbox)."""
+    if isinstance(decision, (contracts.RunAccepted, contracts.RunRejected)) and state.inbox:
+        request = state.inbox[0]
+        label = "accepted" if isinstance(decision, contracts.RunAccepted) else f"rejected_{decision.reason}"
+        metrics.RUN_REQUESTS.labels(request.multitask_strategy, label).inc()
+        metrics.DECISION_SECONDS.observe(max(0.0, (contracts.now() - request.at).total_seconds()))
 
 
 def _decoded(entries):
