@@ -50,9 +50,10 @@ class GraphRegistry:
             # Graph files import their sibling modules, as under `langgraph dev`.
             sys.path.insert(0, str(self.root))
         for entry in self.entries.values():
-            entry.target = self._resolve(entry.spec)
+            entry.target = self.resolve(entry.spec)
 
-    def _resolve(self, spec: str) -> Any:
+    def resolve(self, spec: str) -> Any:
+        """The object a langgraph.json spec (``./file.py:attr`` or ``module:attr``) names."""
         location, _, attr = spec.rpartition(":")
         if not location or not attr:
             raise ValueError(f"graph spec {spec!r} must look like './file.py:attr' or 'module:attr'")

@@ -11,7 +11,7 @@ the threads the orchestrator holds in memory.
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 RUN_REQUESTS = Counter(
@@ -35,10 +35,11 @@ STREAM_LAG_SECONDS = Histogram(
 )
 
 
-def add_routes(app: FastAPI, is_connected) -> None:
-    """``/metrics``, ``/ok`` and ``/ready`` on ``app``; ``is_connected()`` says whether NATS is."""
+def add_routes(app: FastAPI, is_connected, guard=None) -> None:
+    """``/metrics``, ``/ok`` and ``/ready`` on ``app``; ``is_connected()`` says whether NATS is.
+    ``guard``, a FastAPI dependency, protects ``/metrics``; the probes stay open."""
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(guard)] if guard else [])
     async def metrics():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

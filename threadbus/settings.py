@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     config: str = Field(default="langgraph.json", description="Path of the langgraph.json that declares the graphs.")
     host: str = Field(default="127.0.0.1", description="Gateway listen address.")
     port: int = Field(default=8123, description="Gateway listen port.")
+    api_keys: str | None = Field(
+        default=None,
+        description="Turns auth on: 'key=identity' pairs, comma-separated; callers send x-api-key or a Bearer token.",
+    )
     metrics_port: int | None = Field(
         default=None, description="Orchestrator and executor: serve /metrics, /ok and /ready on this port (the gateway does on its own)."
     )

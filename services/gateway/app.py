@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import threadbus
 from services.gateway import assistants, runs, store, threads
+from services.gateway.auth import Authenticator
 from services.gateway.backend import Backend
 from threadbus import broker, logs, metrics
 from threadbus.graphs import GraphRegistry
@@ -51,9 +52,10 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
         backend = getattr(app.state, "backend", None)
         return backend is not None and backend.nc.is_connected
 
-    metrics.add_routes(app, connected)
+    authenticator = Authenticator(settings.api_keys, _custom_auth(graphs))
+    metrics.add_routes(app, connected, guard=authenticator)
 
-    @app.get("/info")
+    @app.get("/info", dependencies=[Depends(authenticator)])
     async def info():
         return {
             "version": threadbus.__version__,
@@ -62,13 +64,18 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
             "host": {"kind": "threadbus"},
         }
 
-    app.include_router(assistants.router)
-    app.include_router(threads.router)
-    app.include_router(store.router)
-    app.include_router(runs.router)
+    guard = [Depends(authenticator)]
+    for router in (assistants.router, threads.router, store.router, runs.router):
+        app.include_router(router, dependencies=guard)
     for path, detail in NOT_BUILT.items():
         _not_built(app, path, detail)
     return app
+
+
+def _custom_auth(graphs: GraphRegistry):
+    """The ``langgraph_sdk.Auth`` object that ``auth.path`` in langgraph.json names, if any."""
+    path = (graphs.raw.get("auth") or {}).get("path")
+    return graphs.resolve(path) if path else None
 
 
 def _not_built(app: FastAPI, path: str, detail: str) -> None:

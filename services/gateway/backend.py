@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 
 import contracts
 from contracts import subjects
-from services.gateway import views
+from services.gateway import auth, views
 from services.gateway.models import AssistantCreate, AssistantPatch, RunCreate, ThreadCreate
 from threadbus import broker, logs
 from threadbus.checkpointer import JetStreamSaver
@@ -61,6 +61,11 @@ def merge_config(base: dict[str, Any] | None, override: dict[str, Any] | None) -
     if configurable:
         merged["configurable"] = configurable
     return merged
+
+
+def _owned(metadata: dict[str, Any]) -> dict[str, Any]:
+    identity = auth.current_identity.get()
+    return metadata if identity is None else {**metadata, "owner": identity}
 
 
 def _version_key(assistant_id: str, version: int) -> str:
@@ -283,7 +288,7 @@ class Backend:
     async def thread_record(self, thread_id: str) -> dict[str, Any]:
         check_uuid(thread_id, "thread")
         found = await self._get(self.threads_kv, thread_id)
-        if found is None:
+        if found is None or not auth.owns(found[0].get("metadata")):
             raise not_found(f"Thread with ID {thread_id}")
         return found[0]
 
@@ -295,7 +300,7 @@ class Backend:
             "created_at": now,
             "updated_at": now,
             "state_updated_at": now,
-            "metadata": body.metadata or {},
+            "metadata": _owned(body.metadata or {}),
         }
         if await self._put_new(self.threads_kv, thread_id, record):
             await self.log.append_event(contracts.ThreadCreated(thread_id=thread_id, metadata=record["metadata"]))
@@ -308,7 +313,10 @@ class Backend:
         await self.thread_record(thread_id)
 
         def change(record):
-            record["metadata"] = {**record.get("metadata", {}), **(metadata or {})}
+            current = record.get("metadata", {})
+            # The owner is who created the thread, not something a patch can change.
+            owner = {"owner": current["owner"]} if "owner" in current else {}
+            record["metadata"] = {**current, **(metadata or {}), **owner}
             record["updated_at"] = iso_now()
             return record
 
@@ -353,7 +361,11 @@ class Backend:
         }
 
     async def search_threads(self, *, metadata=None, values=None, status=None, ids=None) -> list[dict[str, Any]]:
-        records = [r for r in await self._all(self.threads_kv) if matches(r.get("metadata") or {}, metadata)]
+        records = [
+            r
+            for r in await self._all(self.threads_kv)
+            if auth.owns(r.get("metadata")) and matches(r.get("metadata") or {}, metadata)
+        ]
         if ids is not None:
             records = [r for r in records if r["thread_id"] in set(ids)]
         objects = await asyncio.gather(*(self.thread_object(r) for r in records))

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from services.gateway import auth
 from threadbus.store import SemanticSearchNotBuilt
 
 router = APIRouter(prefix="/store", tags=["store"])
@@ -50,7 +51,9 @@ def _namespace(labels: list[str]) -> tuple[str, ...]:
     for label in labels:
         if not label or "." in label:
             raise HTTPException(422, f"Invalid namespace label {label!r}: labels are non-empty and contain no '.'")
-    return tuple(labels)
+    namespace = tuple(labels)
+    auth.own_namespace(namespace)
+    return namespace
 
 
 def _item(item) -> dict[str, Any]:
@@ -96,8 +99,12 @@ async def search_items(body: StoreSearch, request: Request):
 
 @router.post("/namespaces")
 async def list_namespaces(body: StoreNamespaces, request: Request):
+    identity = auth.current_identity.get()
+    prefix = tuple(body.prefix or ([identity] if identity else []))
+    if prefix:
+        auth.own_namespace(prefix)
     namespaces = await store(request).alist_namespaces(
-        prefix=tuple(body.prefix) if body.prefix else None,
+        prefix=prefix or None,
         suffix=tuple(body.suffix) if body.suffix else None,
         max_depth=body.max_depth,
         limit=body.limit,

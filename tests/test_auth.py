@@ -1,0 +1,99 @@
+"""Auth: API keys or a custom hook, and ownership of threads, runs and store items."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from langgraph_sdk import get_client
+from langgraph_sdk.errors import NotFoundError
+
+from tests.support import ROOT, TEST_GRAPHS, ThreadbusProcess
+
+HI = {"messages": [{"role": "human", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("auth")
+    proc = ThreadbusProcess(
+        ["dev", "--data-dir", str(tmp / "data"), "--config", str(TEST_GRAPHS)],
+        log_path=tmp / "threadbus.log",
+        env={"THREADBUS_API_KEYS": "key-a=alice,key-b=bob"},
+    ).start()
+    yield proc
+    proc.stop()
+
+
+async def test_without_a_key_only_the_probes_answer(secured):
+    async with httpx.AsyncClient(base_url=secured.url) as http:
+        assert (await http.get("/ok")).status_code == 200
+        assert (await http.get("/ready")).status_code == 200
+        for method, path in (("GET", "/info"), ("POST", "/threads"), ("POST", "/assistants/search"), ("GET", "/metrics")):
+            res = await http.request(method, path, json={} if method == "POST" else None)
+            assert res.status_code == 401, path
+        assert (await http.post("/threads", json={}, headers={"x-api-key": "wrong"})).status_code == 401
+        assert (await http.post("/threads", json={}, headers={"Authorization": "Bearer key-b"})).status_code == 200
+
+
+async def test_callers_see_and_touch_only_their_own_threads_and_runs(secured):
+    alice = get_client(url=secured.url, api_key="key-a")
+    bob = get_client(url=secured.url, api_key="key-b")
+    thread = await alice.threads.create(metadata={"topic": "private"})
+    tid = thread["thread_id"]
+    assert thread["metadata"]["owner"] == "alice"
+    run = await alice.runs.create(tid, "echo", input=HI)
+    await alice.runs.join(tid, run["run_id"])
+
+    for call in (
+        bob.threads.get(tid),
+        bob.threads.get_state(tid),
+        bob.threads.update(tid, metadata={"owner": "bob"}),
+        bob.runs.list(tid),
+        bob.runs.get(tid, run["run_id"]),
+        bob.runs.wait(tid, "echo", input=HI),
+        bob.runs.create(tid, "echo", input=HI, if_not_exists="create"),
+        bob.threads.delete(tid),
+    ):
+        with pytest.raises(httpx.HTTPStatusError) as err:  # NotFoundError, or the plain error of wait
+            await call
+        assert err.value.response.status_code == 404
+    assert tid not in {t["thread_id"] for t in await bob.threads.search(limit=1000)}
+    assert tid in {t["thread_id"] for t in await alice.threads.search(limit=1000)}
+
+    # Alice's thread is untouched, and a patch cannot give it away.
+    await alice.threads.update(tid, metadata={"owner": "bob", "k": 1})
+    metadata = (await alice.threads.get(tid))["metadata"]
+    assert (metadata["topic"], metadata["owner"], metadata["k"]) == ("private", "alice", 1)
+    assert [r["run_id"] for r in await alice.runs.list(tid)] == [run["run_id"]]
+
+
+async def test_store_namespaces_belong_to_the_identity_they_start_with(secured):
+    alice = get_client(url=secured.url, api_key="key-a")
+    bob = get_client(url=secured.url, api_key="key-b")
+    await alice.store.put_item(["alice", "notes"], "n1", {"text": "mine"})
+    with pytest.raises(NotFoundError):
+        await alice.store.put_item(["bob", "notes"], "n1", {"text": "not mine"})
+    with pytest.raises(NotFoundError):
+        await bob.store.get_item(["alice", "notes"], "n1")
+    assert (await alice.store.list_namespaces())["namespaces"] == [["alice", "notes"]]
+    assert (await bob.store.list_namespaces())["namespaces"] == []
+
+
+async def test_a_custom_auth_hook_from_langgraph_json(tmp_path):
+    proc = ThreadbusProcess(
+        ["dev", "--data-dir", str(tmp_path / "data"), "--config", str(ROOT / "tests" / "graphs" / "auth_langgraph.json")],
+        log_path=tmp_path / "threadbus.log",
+    ).start()
+    try:
+        async with httpx.AsyncClient(base_url=proc.url) as http:
+            refused = await http.post("/threads", json={}, headers={"Authorization": "Bearer nope"})
+            assert refused.status_code == 401 and refused.json()["detail"] == "no valid token for /threads"
+        carol = get_client(url=proc.url, headers={"Authorization": "Bearer token-carol"}, api_key=None)
+        thread = await carol.threads.create()
+        assert thread["metadata"]["owner"] == "carol"
+        assert (await carol.runs.wait(thread["thread_id"], "echo", input=HI))["messages"][-1]["content"] == "echo: hi"
+        dave = get_client(url=proc.url, headers={"Authorization": "Bearer token-dave"}, api_key=None)
+        with pytest.raises(NotFoundError):
+            await dave.threads.get(thread["thread_id"])
+    finally:
+        proc.stop()
