@@ -17,9 +17,10 @@ in :mod:`contracts.subjects`). Four verbs, with exact semantics:
     message on the filter is read and, when it carries our id, the first attempt is taken as
     the one that landed.
 
-``follow(filter)``
-    An async iterator over the messages on ``filter``: first those already stored, then live
-    ones as they are published, each exactly once (deduplicated by ``Nats-Msg-Id``).
+``follow(filter, after=seq)``
+    An async iterator over the messages stored on ``filter`` after ``after``: first those
+    already stored, then new ones as they are stored, each once, in stream order. Only stored
+    messages: a publish the stream refused is never seen.
 
 ``compact(thread, run, below=seq)``
     Removes every message of the run with a sequence below ``below`` (the run's tombstone),
@@ -39,6 +40,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 import contracts
 from contracts import subjects
@@ -178,29 +180,37 @@ class ThreadLog:
 
     # -- follow -------------------------------------------------------------------------------
     @asynccontextmanager
-    async def follow(self, filter_subject: str) -> AsyncIterator[AsyncIterator[Entry]]:
-        """Subscribe first, then read the backlog, so that nothing published in between is missed."""
-        live: asyncio.Queue = asyncio.Queue()
+    async def follow(self, filter_subject: str, after: int = 0) -> AsyncIterator[AsyncIterator[Entry]]:
+        """An ordered consumer: what is stored after ``after``, then what is stored from now on.
+
+        Not a plain subscription: a subscriber also receives publishes the stream refused (a
+        decision that lost its expected-sequence check), which never happened as far as the log
+        is concerned. A consumer delivers only what the stream stored, in stream order.
+        """
+        queue: asyncio.Queue = asyncio.Queue()
 
         async def on_msg(msg):
-            live.put_nowait(msg)
+            queue.put_nowait(msg)
 
-        sub = await self.nc.subscribe(filter_subject, cb=on_msg)
+        policy = (
+            ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+            if after == 0
+            else ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
+        )
+        sub = await self.js.subscribe(filter_subject, stream=self.stream, ordered_consumer=True, cb=on_msg, config=policy)
         try:
-            backlog = await self.read(filter_subject)
 
             async def iterate() -> AsyncIterator[Entry]:
-                seen = {e.msg_id for e in backlog if e.msg_id}
-                for e in backlog:
-                    yield e
                 while True:
-                    msg = await live.get()
-                    mid = (msg.headers or {}).get("Nats-Msg-Id")
-                    if mid and mid in seen:
-                        continue
-                    if mid:
-                        seen.add(mid)
-                    yield Entry(seq=0, subject=msg.subject, data=msg.data, msg_id=mid)
+                    msg = await queue.get()
+                    meta = msg.metadata
+                    yield Entry(
+                        seq=meta.sequence.stream,
+                        subject=msg.subject,
+                        data=msg.data,
+                        msg_id=(msg.headers or {}).get("Nats-Msg-Id"),
+                        time=meta.timestamp,
+                    )
 
             yield iterate()
         finally:

@@ -47,11 +47,10 @@ def describe(event: contracts.Event) -> str:
 def line(entry: Entry, as_json: bool) -> str:
     event = entry.event()
     if as_json:
-        record = {"seq": entry.seq or None, **msgspec.to_builtins(event)}
+        record = {"seq": entry.seq, **msgspec.to_builtins(event)}
         return msgspec.json.encode(record).decode()
     run = getattr(event, "run_id", None) or "-"
-    seq = f"#{entry.seq}" if entry.seq else "#live"
-    return f"{event.at.isoformat(timespec='milliseconds')}  {seq:>8}  {type(event).__name__:<18}  run={run}  {describe(event)}".rstrip()
+    return f"{event.at.isoformat(timespec='milliseconds')}  {'#' + str(entry.seq):>8}  {type(event).__name__:<18}  run={run}  {describe(event)}".rstrip()
 
 
 async def run_cli(settings: Settings, thread_id: str, follow: bool, as_json: bool, out: TextIO = sys.stdout) -> int:

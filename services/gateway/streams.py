@@ -194,7 +194,7 @@ async def thread_relay(
     control: AsyncIterator,
     *,
     after_seq: int,
-    replay: bool,
+    backlog_until: int,
     modes: set[str],
     heartbeat_s: float,
     thread_values,
@@ -202,7 +202,8 @@ async def thread_relay(
     """The SSE body of ``GET /threads/{id}/stream``: every run of the thread, for as long as the
     client listens.
 
-    ``run_modes`` relays each run's events (with their stream sequence as ``id``) and a
+    ``control`` follows the thread's control events (from the start for a replay; the ones up to
+    ``backlog_until`` were stored before the client connected). ``run_modes`` relays each run's events (with their stream sequence as ``id``) and a
     ``metadata {"status": "run_done"}`` event once the run has ended and its last event was
     relayed; ``lifecycle`` only ``run_started``/``run_done``; ``state_update`` the thread's values
     after each run. Runs end in the thread log and their events live in the stream log: a run is
@@ -250,16 +251,13 @@ async def thread_relay(
             if next_control in finished:
                 entry = next_control.result()
                 next_control = asyncio.ensure_future(anext(control))
-                # Stored entries predate the connection (live ones have no sequence): only a replay wants them.
-                if entry.seq and not replay:
-                    continue
                 event = entry.event()
                 run_id = getattr(event, "run_id", None)
                 if isinstance(event, contracts.RunStarted) and "lifecycle" in modes:
                     yield frame("metadata", {"status": "run_started", "run_id": run_id})
                 elif isinstance(event, contracts.TERMINAL_EVENTS) and run_id not in announced:
                     end = await last_seq(js, thread_id, run_id)
-                    if entry.seq and end <= after_seq:
+                    if entry.seq <= backlog_until and end <= after_seq:
                         announced.add(run_id)  # ended before the point the client resumes from
                     else:
                         waiting[run_id] = end

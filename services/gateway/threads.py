@@ -124,7 +124,12 @@ async def join_stream(
     after_seq, replay = await streams.resume_point(b.js, thread_id, None, last_event_id)
     stack = AsyncExitStack()
     try:
-        control = await stack.enter_async_context(b.log.follow(subjects.thread_control(thread_id)))
+        # The thread's events up to now matter only to a replay (which runs ended after the resume point).
+        newest = await b.log.last(subjects.thread_control(thread_id))
+        backlog_until = newest.seq if newest else 0
+        control = await stack.enter_async_context(
+            b.log.follow(subjects.thread_control(thread_id), after=0 if replay else backlog_until)
+        )
         chunks = await streams.open_chunks(b.js, thread_id, None, after_seq, stack)
     except BaseException:
         await stack.aclose()
@@ -138,7 +143,7 @@ async def join_stream(
                 chunks,
                 control,
                 after_seq=after_seq,
-                replay=replay,
+                backlog_until=backlog_until,
                 modes=modes,
                 heartbeat_s=b.settings.stream_heartbeat_s,
                 thread_values=lambda: b.values_of(thread_id),
