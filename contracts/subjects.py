@@ -97,6 +97,11 @@ def started_any() -> str:
     return f"{PREFIX}.*.run.*.started"
 
 
+def outcome_any(type_name: str) -> str:
+    """Every run's events of one type, in every thread (e.g. every ``RunSucceeded``)."""
+    return f"{PREFIX}.*.run.*.{EVENT_TOKENS[type_name]}"
+
+
 def cancelled_any() -> str:
     return f"{PREFIX}.*.run.*.cancelled"
 

@@ -30,6 +30,7 @@ log = logs.get("threadbus.broker")
 
 ORCHESTRATOR_CONSUMER = "orchestrator"
 EXECUTOR_CONSUMER = "executor"
+WEBHOOKS_CONSUMER = "webhooks"
 THREADS_BUCKET = "tb_threads"
 ASSISTANTS_BUCKET = "tb_assistants"
 STORE_BUCKET = "tb_store"
@@ -163,6 +164,17 @@ async def bootstrap(nc: NATS, settings: Settings) -> None:
             max_ack_pending=10_000,
         ),
     ]
+    consumers.append(
+        ConsumerConfig(
+            durable_name=WEBHOOKS_CONSUMER,
+            filter_subjects=[subjects.outcome_any(name) for name in ("RunSucceeded", "RunFailed", "RunInterrupted", "RunStopped")],
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.NEW,
+            ack_wait=60,
+            max_deliver=-1,
+            max_ack_pending=1_000,
+        )
+    )
     for cfg in consumers:
         await js.add_consumer(subjects.THREAD_STREAM, cfg)
     for bucket in (THREADS_BUCKET, ASSISTANTS_BUCKET, ASSISTANT_VERSIONS_BUCKET, STORE_BUCKET):

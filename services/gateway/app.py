@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -12,6 +13,7 @@ import threadbus
 from services.gateway import assistants, runs, store, threads
 from services.gateway.auth import Authenticator
 from services.gateway.backend import Backend
+from services.gateway.webhooks import WebhookSender
 from threadbus import broker, logs, metrics
 from threadbus.graphs import GraphRegistry
 from threadbus.settings import Settings
@@ -31,10 +33,13 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
         backend = Backend(nc, settings, graphs)
         await backend.start()
         app.state.backend = backend
+        webhooks = asyncio.create_task(WebhookSender(backend).run(), name="webhooks")
         log.info("gateway ready", graphs=graphs.ids())
         try:
             yield
         finally:
+            webhooks.cancel()
+            await asyncio.gather(webhooks, return_exceptions=True)
             await nc.drain()
 
     app = FastAPI(title="threadbus", version=threadbus.__version__, lifespan=lifespan)

@@ -433,9 +433,8 @@ class Backend:
             yield events()
 
     async def prepare_run(self, thread_id: str, body: RunCreate, *, temporary: bool = False) -> contracts.RunRequested:
-        if body.webhook:
-            # Accepting it and never calling it would look like a delivery failure on the other side.
-            raise HTTPException(501, "Webhooks are not built yet; poll or join the run instead")
+        if body.webhook and not body.webhook.startswith(("http://", "https://")):
+            raise HTTPException(422, f"webhook must be an http(s) URL, got {body.webhook!r}")
         assistant = await self.run_assistant(body.assistant_id)
         if not temporary:
             try:

@@ -1,0 +1,80 @@
+"""Webhooks: a run with ``webhook`` gets its result POSTed there once it ends.
+
+Driven by the log, not by the request that created the run: gateways share the durable
+``webhooks`` consumer on run outcomes, so the call is made once whichever gateway took the
+request, and still made after any process restarts. A failed call (a connection error or a
+non-2xx answer) is retried with a growing delay, ``THREADBUS_WEBHOOK_ATTEMPTS`` times in all;
+then it is given up with an error in the log, not retried forever.
+
+The body is the run as ``GET /threads/{t}/runs/{r}`` shows it, plus ``values`` (what ``wait``
+returns: the final values, ``__interrupt__`` or ``__error__``) and ``webhook_sent_at``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import nats.errors
+import structlog
+
+import contracts
+from contracts import subjects
+from services.gateway import views
+from threadbus import broker, logs
+from threadbus.jsonable import jsonable
+
+log = logs.get("threadbus.gateway.webhooks")
+
+
+class WebhookSender:
+    def __init__(self, backend):
+        self.backend = backend
+        self.attempts = backend.settings.webhook_attempts
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+
+    async def run(self) -> None:
+        psub = await self.backend.js.pull_subscribe_bind(durable=broker.WEBHOOKS_CONSUMER, stream=subjects.THREAD_STREAM)
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(16, timeout=5)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue
+                await asyncio.gather(*(self._handle(m) for m in msgs))
+        finally:
+            await self.http.aclose()
+
+    async def _handle(self, msg) -> None:
+        try:
+            outcome = contracts.decode(msg.data)
+        except Exception:  # noqa: BLE001 - not ours to judge here: the orchestrator dead-letters it
+            await msg.ack()
+            return
+        thread_id, run_id = outcome.thread_id, outcome.run_id
+        with structlog.contextvars.bound_contextvars(thread_id=thread_id, run_id=run_id):
+            runs = await views.thread_runs(self.backend.log, thread_id)
+            record = runs.runs.get(run_id)
+            if record is None or not record.requested.kwargs.webhook:
+                await msg.ack()
+                return
+            url = record.requested.kwargs.webhook
+            body = {
+                **views.run_object(record, runs.status_of(run_id) or "success"),
+                "values": await self.backend.result_values(thread_id, outcome),
+                "webhook_sent_at": contracts.now().isoformat(),
+            }
+            attempt = msg.metadata.num_delivered
+            try:
+                response = await self.http.post(url, json=jsonable(body))
+                response.raise_for_status()
+            except httpx.HTTPError as err:
+                if attempt >= self.attempts:
+                    log.error("webhook failed, giving up", url=url, attempts=attempt, error=str(err))
+                    await msg.term()
+                    return
+                log.warning("webhook failed, will retry", url=url, attempt=attempt, error=str(err))
+                await msg.nak(delay=min(2.0 ** (attempt - 1), 60.0))
+                return
+            log.info("webhook sent", url=url, attempt=attempt)
+            await msg.ack()

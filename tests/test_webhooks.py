@@ -1,0 +1,59 @@
+"""A run's webhook is called with its result once it ends, and retried when the receiver fails."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from threadbus.embedded import free_port
+
+HI = {"messages": [{"role": "human", "content": "hi"}]}
+
+
+@pytest.fixture
+async def receiver():
+    """An HTTP endpoint that fails its first call, then records every body it accepts."""
+    app = FastAPI()
+    calls: list[dict] = []
+    received: asyncio.Queue = asyncio.Queue()
+
+    @app.post("/hook")
+    async def hook(request: Request):
+        body = await request.json()
+        calls.append(body)
+        if len(calls) == 1:
+            return Response(status_code=503)
+        received.put_nowait(body)
+        return {"ok": True}
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}/hook", calls, received
+    server.should_exit = True
+    await task
+
+
+async def test_the_webhook_gets_the_run_and_its_values_after_a_retry(client, receiver):
+    url, calls, received = receiver
+    thread = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(thread, "echo", input=HI, webhook=url, metadata={"who": "hook"})
+    body = await asyncio.wait_for(received.get(), 60)
+    assert body["run_id"] == run["run_id"] and body["thread_id"] == thread
+    assert body["status"] == "success" and body["metadata"]["who"] == "hook"
+    assert body["values"]["messages"][-1]["content"] == "echo: hi"
+    assert body["webhook_sent_at"]
+    assert len(calls) == 2, "one failed call, one retry"
+
+
+async def test_a_webhook_must_be_an_http_url(client):
+    thread = (await client.threads.create())["thread_id"]
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        await client.runs.create(thread, "echo", input=HI, webhook="ftp://example.invalid/hook")
+    assert err.value.response.status_code == 422
