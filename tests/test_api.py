@@ -193,15 +193,3 @@ async def _until_status(client, tid: str, rid: str, status: str, timeout: float 
         while (await client.runs.get(tid, rid))["status"] != status:
             await asyncio.sleep(0.02)
 
-
-async def test_features_not_built_answer_501_with_a_detail(client):
-    thread = (await client.threads.create())["thread_id"]
-    calls = [
-        client.crons.create("echo", schedule="* * * * *", input={}),
-    ]
-    for call in calls:
-        with pytest.raises(httpx.HTTPStatusError) as err:
-            await call
-        assert err.value.response.status_code == 501
-        assert "not built" in err.value.response.json()["detail"]
-    assert await client.runs.list(thread) == []

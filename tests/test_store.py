@@ -106,3 +106,19 @@ async def test_invalid_namespace_labels_are_422(client):
     async with httpx.AsyncClient(base_url=str(client.http.client.base_url)) as http:
         res = await http.put("/store/items", json={"namespace": ["a", ""], "key": "k", "value": {}})
     assert res.status_code == 422
+
+
+async def test_semantic_search_is_not_built_and_says_so(nats_url):
+    import nats as nats_client
+
+    from threadbus.broker import STORE_BUCKET
+    from threadbus.store import JetStreamStore, SemanticSearchNotBuilt
+
+    nc = await nats_client.connect(nats_url)
+    try:
+        store = JetStreamStore(await nc.jetstream().key_value(STORE_BUCKET), index={"dims": 4, "embed": "fake"})
+        with pytest.raises(SemanticSearchNotBuilt):
+            await store.asearch(("docs",), query="anything")
+        assert await store.asearch(("docs", unique())) == []  # without a query, search works
+    finally:
+        await nc.close()

@@ -35,6 +35,7 @@ THREADS_BUCKET = "tb_threads"
 ASSISTANTS_BUCKET = "tb_assistants"
 STORE_BUCKET = "tb_store"
 ASSISTANT_VERSIONS_BUCKET = "tb_assistant_versions"
+CRONS_BUCKET = "tb_crons"
 
 
 async def connect(settings: Settings, name: str) -> NATS:
@@ -177,7 +178,7 @@ async def bootstrap(nc: NATS, settings: Settings) -> None:
     )
     for cfg in consumers:
         await js.add_consumer(subjects.THREAD_STREAM, cfg)
-    for bucket in (THREADS_BUCKET, ASSISTANTS_BUCKET, ASSISTANT_VERSIONS_BUCKET, STORE_BUCKET):
+    for bucket in (THREADS_BUCKET, ASSISTANTS_BUCKET, ASSISTANT_VERSIONS_BUCKET, STORE_BUCKET, CRONS_BUCKET):
         try:
             await js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     executor_concurrency: int = Field(default=10, description="Runs one executor process executes at once.")
     executor_ack_wait_s: float = Field(default=30.0, description="A run is redelivered after this long without a heartbeat.")
     executor_max_deliver: int = Field(default=5, description="Deliveries of one run before it ends in error.")
+    cron_tick_s: float = Field(default=1.0, description="How often each gateway looks for crons that are due.")
     webhook_attempts: int = Field(default=5, description="Calls of a run's webhook before giving up (with growing delays).")
     paused_thread_input: Literal["restart", "reject"] = Field(
         default="restart",

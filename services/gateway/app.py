@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 import threadbus
-from services.gateway import assistants, runs, store, threads
+from services.gateway import assistants, crons, runs, store, threads
+from services.gateway.crons import Crons
 from services.gateway.auth import Authenticator
 from services.gateway.backend import Backend
 from services.gateway.webhooks import WebhookSender
@@ -20,12 +21,6 @@ from threadbus.settings import Settings
 
 log = logs.get("threadbus.gateway")
 
-NOT_BUILT = {
-    "/threads/{thread_id}/runs/crons": "Crons are not built yet",
-    "/runs/crons": "Crons are not built yet",
-}
-
-
 def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -33,13 +28,18 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
         backend = Backend(nc, settings, graphs)
         await backend.start()
         app.state.backend = backend
-        webhooks = asyncio.create_task(WebhookSender(backend).run(), name="webhooks")
+        app.state.crons = Crons(backend, await backend.js.key_value(broker.CRONS_BUCKET))
+        stopping = asyncio.Event()
+        background = [
+            asyncio.create_task(WebhookSender(backend).run(stopping), name="webhooks"),
+            asyncio.create_task(app.state.crons.run(settings.cron_tick_s, stopping), name="crons"),
+        ]
         log.info("gateway ready", graphs=graphs.ids())
         try:
             yield
         finally:
-            webhooks.cancel()
-            await asyncio.gather(webhooks, return_exceptions=True)
+            stopping.set()
+            await asyncio.gather(*background, return_exceptions=True)
             await nc.drain()
 
     app = FastAPI(title="threadbus", version=threadbus.__version__, lifespan=lifespan)
@@ -65,15 +65,13 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
         return {
             "version": threadbus.__version__,
             "langgraph_py_version": _version("langgraph"),
-            "flags": {"assistants": True, "crons": False, "langsmith": False},
+            "flags": {"assistants": True, "crons": True, "langsmith": False},
             "host": {"kind": "threadbus"},
         }
 
     guard = [Depends(authenticator)]
-    for router in (assistants.router, threads.router, store.router, runs.router):
+    for router in (assistants.router, threads.router, store.router, crons.router, runs.router):
         app.include_router(router, dependencies=guard)
-    for path, detail in NOT_BUILT.items():
-        _not_built(app, path, detail)
     return app
 
 
@@ -81,14 +79,6 @@ def _custom_auth(graphs: GraphRegistry):
     """The ``langgraph_sdk.Auth`` object that ``auth.path`` in langgraph.json names, if any."""
     path = (graphs.raw.get("auth") or {}).get("path")
     return graphs.resolve(path) if path else None
-
-
-def _not_built(app: FastAPI, path: str, detail: str) -> None:
-    async def handler():
-        raise HTTPException(501, detail)
-
-    app.add_api_route(path, handler, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    app.add_api_route(path + "/{rest:path}", handler, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 
 
 def _jsonable_errors(errors):

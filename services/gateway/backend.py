@@ -432,7 +432,9 @@ class Backend:
 
             yield events()
 
-    async def prepare_run(self, thread_id: str, body: RunCreate, *, temporary: bool = False) -> contracts.RunRequested:
+    async def prepare_run(
+        self, thread_id: str, body: RunCreate, *, temporary: bool = False, run_id: str | None = None
+    ) -> contracts.RunRequested:
         if body.webhook and not body.webhook.startswith(("http://", "https://")):
             raise HTTPException(422, f"webhook must be an http(s) URL, got {body.webhook!r}")
         assistant = await self.run_assistant(body.assistant_id)
@@ -450,7 +452,7 @@ class Backend:
         config = merge_config(assistant.get("config"), body.config)
         return contracts.RunRequested(
             thread_id=thread_id,
-            run_id=str(uuid.uuid4()),
+            run_id=run_id or str(uuid.uuid4()),
             assistant_id=assistant["assistant_id"],
             graph_id=assistant["graph_id"],
             multitask_strategy=body.multitask_strategy or "enqueue",

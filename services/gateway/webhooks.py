@@ -33,16 +33,20 @@ class WebhookSender:
         self.attempts = backend.settings.webhook_attempts
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
 
-    async def run(self) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         psub = await self.backend.js.pull_subscribe_bind(durable=broker.WEBHOOKS_CONSUMER, stream=subjects.THREAD_STREAM)
         try:
-            while True:
+            # Stopped by the event, not by cancelling: nats-py's fetch turns a cancellation into
+            # a timeout, which would look like an idle second and go round again.
+            while not stop.is_set():
                 try:
-                    msgs = await psub.fetch(16, timeout=5)
+                    msgs = await psub.fetch(16, timeout=1)
                 except (nats.errors.TimeoutError, asyncio.TimeoutError):
                     continue
                 await asyncio.gather(*(self._handle(m) for m in msgs))
         finally:
+            # Left subscribed, its queue would hold the connection's drain forever.
+            await psub.unsubscribe()
             await self.http.aclose()
 
     async def _handle(self, msg) -> None:
