@@ -11,6 +11,7 @@ import ssl
 from typing import Any
 
 import nats
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import (
@@ -36,6 +37,21 @@ ASSISTANTS_BUCKET = "tb_assistants"
 STORE_BUCKET = "tb_store"
 ASSISTANT_VERSIONS_BUCKET = "tb_assistant_versions"
 CRONS_BUCKET = "tb_crons"
+
+
+# The broker could not be reached or did not answer: worth trying again, not a verdict on the work.
+UNREACHABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 
 async def connect(settings: Settings, name: str) -> NATS:

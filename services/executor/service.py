@@ -72,6 +72,10 @@ class Executor:
                 except nats.errors.ConnectionClosedError:
                     slots.release()
                     break
+                except broker.UNREACHABLE:
+                    slots.release()
+                    await asyncio.sleep(0.5)  # reconnecting: fetch again once the broker is back
+                    continue
                 task = asyncio.create_task(self._execute(msgs[0]))
                 tasks.add(task)
                 task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
@@ -154,6 +158,11 @@ class Executor:
                 await msg.nak(delay=0.25)
                 raise _Redeliver from None
             return
+        except broker.UNREACHABLE as err:
+            # The broker went away mid-run: the run is not over. Unacknowledged, it is delivered
+            # again once the broker is back, and resumes from its last checkpoint.
+            log.warning("broker unreachable during the run; it will be redelivered", error=repr(err))
+            raise _Redeliver from None
         except Exception as err:
             if deadline.expired():  # our deadline, not a TimeoutError of the graph's own
                 log.warning("run timed out", timeout_s=self.settings.run_timeout_s)

@@ -43,6 +43,9 @@ class WebhookSender:
                     msgs = await psub.fetch(16, timeout=1)
                 except (nats.errors.TimeoutError, asyncio.TimeoutError):
                     continue
+                except broker.UNREACHABLE:
+                    await asyncio.sleep(1)  # the client reconnects by itself; calls resume then
+                    continue
                 await asyncio.gather(*(self._handle(m) for m in msgs))
         finally:
             # Left subscribed, its queue would hold the connection's drain forever.
