@@ -93,17 +93,27 @@ def credentials(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def thread_stream_config(settings: Settings) -> StreamConfig:
+def _stream(settings: Settings, name: str, prefix: str, **config) -> StreamConfig:
+    """A file-backed stream of every subject under ``prefix``, replicated as the settings say."""
     return StreamConfig(
-        name=subjects.THREAD_STREAM,
-        subjects=[f"{subjects.PREFIX}.>"],
+        name=name,
+        subjects=[f"{prefix}.>"],
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
+        max_msg_size=settings.max_payload_mb * 1024 * 1024,
+        **config,
+    )
+
+
+def thread_stream_config(settings: Settings) -> StreamConfig:
+    return _stream(
+        settings,
+        subjects.THREAD_STREAM,
+        subjects.PREFIX,
         duplicate_window=settings.duplicate_window_s,
         allow_direct=True,
         allow_rollup_hdrs=True,
         allow_atomic=True,
-        max_msg_size=settings.max_payload_mb * 1024 * 1024,
     )
 
 
@@ -118,27 +128,18 @@ async def ensure_stream(js, config: StreamConfig) -> None:
 
 
 def run_stream_config(settings: Settings) -> StreamConfig:
-    return StreamConfig(
-        name=subjects.RUN_STREAM,
-        subjects=[f"{subjects.STREAM_PREFIX}.>"],
-        storage=StorageType.FILE,
-        num_replicas=settings.replicas,
+    return _stream(
+        settings,
+        subjects.RUN_STREAM,
+        subjects.STREAM_PREFIX,
         max_age=settings.stream_max_age_s,
         duplicate_window=min(settings.duplicate_window_s, settings.stream_max_age_s),
         allow_direct=True,
-        max_msg_size=settings.max_payload_mb * 1024 * 1024,
     )
 
 
 def deadletter_stream_config(settings: Settings) -> StreamConfig:
-    return StreamConfig(
-        name=subjects.DEADLETTER_STREAM,
-        subjects=[f"{subjects.DEADLETTER_PREFIX}.>"],
-        storage=StorageType.FILE,
-        num_replicas=settings.replicas,
-        max_age=settings.deadletter_max_age_s,
-        max_msg_size=settings.max_payload_mb * 1024 * 1024,
-    )
+    return _stream(settings, subjects.DEADLETTER_STREAM, subjects.DEADLETTER_PREFIX, max_age=settings.deadletter_max_age_s)
 
 
 async def dead_letter(nc: NATS, service: str, msg, reason: str) -> None:
