@@ -7,6 +7,7 @@ existing stream whose config drifted is updated back (never through FastStream's
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any
 
@@ -74,6 +75,15 @@ async def connect(settings: Settings, name: str) -> NATS:
         error_cb=error,
         **credentials(settings),
     )
+
+
+async def close(nc: NATS, timeout: float = 5.0) -> None:
+    """Drain (finish what is in flight), but never wait forever: with the broker gone, draining
+    cannot complete, and a service told to stop must still exit."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except Exception:  # noqa: BLE001 - whatever the drain hit, closing is what is left to do
+        await nc.close()
 
 
 def credentials(settings: Settings) -> dict[str, Any]:

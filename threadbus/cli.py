@@ -56,7 +56,7 @@ async def run_orchestrator(settings: Settings, stop: asyncio.Event) -> None:
         await broker.bootstrap(nc, settings)
         await _with_health(settings, nc, stop, Orchestrator(nc, settings).run(stop))
     finally:
-        await nc.drain()
+        await broker.close(nc)
 
 
 async def run_executor(settings: Settings, stop: asyncio.Event, graphs=None) -> None:
@@ -67,7 +67,7 @@ async def run_executor(settings: Settings, stop: asyncio.Event, graphs=None) -> 
         await broker.bootstrap(nc, settings)
         await _with_health(settings, nc, stop, Executor(nc, settings, graphs or _graphs(settings)).run(stop))
     finally:
-        await nc.drain()
+        await broker.close(nc)
 
 
 async def _with_health(settings: Settings, nc, stop: asyncio.Event, service) -> None:

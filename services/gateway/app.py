@@ -40,7 +40,7 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
         finally:
             stopping.set()
             await asyncio.gather(*background, return_exceptions=True)
-            await nc.drain()
+            await broker.close(nc)
 
     app = FastAPI(title="threadbus", version=threadbus.__version__, lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=settings.max_body_mb * 1024 * 1024)
