@@ -26,7 +26,7 @@ from pydantic import Field
 
 from services.gateway import auth
 from services.gateway.models import Body, RunCreate, ThreadCreate
-from threadbus import broker, logs
+from threadbus import logs
 
 log = logs.get("threadbus.gateway.crons")
 router = APIRouter(tags=["crons"])
