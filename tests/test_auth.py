@@ -97,3 +97,29 @@ async def test_a_custom_auth_hook_from_langgraph_json(tmp_path):
             await dave.threads.get(thread["thread_id"])
     finally:
         proc.stop()
+
+
+async def test_auth_on_handlers_label_threads_refuse_deletes_and_scope_the_store(tmp_path):
+    proc = ThreadbusProcess(
+        ["dev", "--data-dir", str(tmp_path / "data"), "--config", str(ROOT / "tests" / "graphs" / "auth_langgraph.json")],
+        log_path=tmp_path / "threadbus.log",
+    ).start()
+    try:
+        bert = get_client(url=proc.url, headers={"Authorization": "Bearer token-bert"}, api_key=None)
+        auditor = get_client(url=proc.url, headers={"Authorization": "Bearer token-auditor"}, api_key=None)
+        thread = await bert.threads.create(metadata={"topic": "x"})
+        assert thread["metadata"] == {"topic": "x", "team": "blue", "owner": "bert"}
+        mine = await auditor.threads.create()
+        with pytest.raises(httpx.HTTPStatusError) as err:
+            await auditor.threads.delete(mine["thread_id"])
+        assert err.value.response.status_code == 403
+        await bert.threads.delete(thread["thread_id"])
+
+        # The handler puts bert's items under his identity, whatever namespace he names.
+        await bert.store.put_item(["notes"], "n1", {"text": "hi"})
+        assert (await bert.store.get_item(["bert", "notes"], "n1"))["value"] == {"text": "hi"}
+        assert (await bert.store.get_item(["notes"], "n1"))["namespace"] == ["bert", "notes"]
+        with pytest.raises(NotFoundError):
+            await auditor.store.get_item(["notes"], "n1")
+    finally:
+        proc.stop()

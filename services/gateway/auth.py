@@ -8,32 +8,53 @@ shape: a ``langgraph_sdk.Auth`` object), its ``@auth.authenticate`` handler deci
 Ownership follows the identity: a thread records its creator in ``metadata.owner``, and a
 caller sees and touches only its own threads and their runs; store namespaces must start
 with the caller's identity. Someone else's thread is a 404, as a missing one is, so ids
-cannot be probed. ``@auth.on`` authorization handlers are not applied yet (a warning at start).
+cannot be probed.
+
+``@auth.on`` handlers of the ``auth.path`` object apply on top, for threads (``create``: may
+add metadata; ``read`` — any use of an existing thread, its runs and state —, ``search``:
+may return metadata filters; ``delete``) and the store (every action: may rewrite
+``value["namespace"]``). A handler returning False refuses with 403; filters a thread does not
+match make it a 404. Assistants and crons are not routed through handlers.
 """
 
 from __future__ import annotations
 
 import contextvars
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException, Request
 from langgraph_sdk.auth import exceptions as sdk_exceptions
-
-from threadbus import logs
-
-log = logs.get("threadbus.gateway.auth")
+from langgraph_sdk.auth.types import AuthContext
 
 # The identity of the request being served; None when auth is off.
 current_identity: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_identity", default=None)
+# The caller as @auth.on handlers see it, and the Auth object whose handlers apply.
+_current_user: contextvars.ContextVar[User | None] = contextvars.ContextVar("current_user", default=None)
+_current_custom: contextvars.ContextVar[Any] = contextvars.ContextVar("current_custom", default=None)
+
+
+@dataclass(frozen=True)
+class User:
+    """What ``ctx.user`` is to ``@auth.on`` handlers (LangGraph's ``BaseUser``)."""
+
+    identity: str
+    permissions: tuple[str, ...] = ()
+    is_authenticated: bool = True
+
+    @property
+    def display_name(self) -> str:
+        return self.identity
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
 
 
 class Authenticator:
     def __init__(self, api_keys: str | None, custom: Any = None):
         self.keys = dict(_pair(entry) for entry in (api_keys or "").split(",") if entry.strip())
         self.custom = custom
-        if custom is not None and (getattr(custom, "_handlers", None) or getattr(custom, "_global_handlers", None)):
-            log.warning("auth.on handlers are not applied by threadbus yet; ownership is by identity only")
 
     @property
     def enabled(self) -> bool:
@@ -43,19 +64,21 @@ class Authenticator:
         """A FastAPI dependency: resolves the caller's identity for the rest of the request."""
         if not self.enabled:
             return
-        identity = await (self._custom(request) if self.custom is not None else self._api_key(request))
-        current_identity.set(identity)
+        user = await (self._custom(request) if self.custom is not None else self._api_key(request))
+        current_identity.set(user.identity)
+        _current_user.set(user)
+        _current_custom.set(self.custom)
 
-    async def _api_key(self, request: Request) -> str:
+    async def _api_key(self, request: Request) -> User:
         key = request.headers.get("x-api-key")
         authorization = request.headers.get("authorization", "")
         if key is None and authorization.lower().startswith("bearer "):
             key = authorization[7:].strip()
         if key is None or key not in self.keys:
             raise HTTPException(401, "Missing or unknown API key (x-api-key or Authorization: Bearer)")
-        return self.keys[key]
+        return User(self.keys[key])
 
-    async def _custom(self, request: Request) -> str:
+    async def _custom(self, request: Request) -> User:
         handler = self.custom._authenticate_handler
         if handler is None:
             raise HTTPException(500, "auth.path names an Auth object without an @auth.authenticate handler")
@@ -73,10 +96,13 @@ class Authenticator:
             user = await handler(**{name: available[name] for name in wanted if name in available})
         except sdk_exceptions.HTTPException as err:
             raise HTTPException(err.status_code, err.detail, headers=err.headers) from None
-        identity = user if isinstance(user, str) else user.get("identity") if isinstance(user, dict) else getattr(user, "identity", None)
-        if not identity:
+        if isinstance(user, str):
+            user = {"identity": user}
+        elif not isinstance(user, dict):
+            user = {"identity": getattr(user, "identity", None), "permissions": getattr(user, "permissions", ())}
+        if not user.get("identity"):
             raise HTTPException(401, "The authenticate handler returned no identity")
-        return str(identity)
+        return User(str(user["identity"]), tuple(user.get("permissions") or ()))
 
 
 def _pair(entry: str) -> tuple[str, str]:
@@ -93,3 +119,39 @@ def own_namespace(namespace: tuple[str, ...]) -> None:
     identity = current_identity.get()
     if identity is not None and (not namespace or namespace[0] != identity):
         raise HTTPException(404, f"Namespace {list(namespace)} not found: store namespaces start with your identity")
+
+
+async def authorize(resource: str, action: str, value: dict[str, Any]) -> dict[str, Any] | None:
+    """Runs the ``@auth.on`` handler for ``resource``/``action``, if any: returns its metadata
+    filters (None: no filter); raises 403 when it refuses. ``value`` may be changed by it."""
+    custom, user = _current_custom.get(), _current_user.get()
+    if custom is None or user is None:
+        return None
+    handler = _handler(custom, resource, action)
+    if handler is None:
+        return None
+    ctx = AuthContext(permissions=list(user.permissions), user=user, resource=resource, action=action)
+    result = await handler(ctx=ctx, value=value)
+    if result is False:
+        raise HTTPException(403, f"Not allowed to {action} {resource}")
+    return result if isinstance(result, dict) else None
+
+
+def _handler(custom: Any, resource: str, action: str):
+    for key in ((resource, action), (resource, "*"), ("*", action), ("*", "*")):
+        if handlers := custom._handlers.get(key):
+            return handlers[-1]
+    return custom._global_handlers[-1] if custom._global_handlers else None
+
+
+def satisfies(metadata: dict[str, Any] | None, filters: dict[str, Any] | None) -> bool:
+    """Whether metadata meets an ``@auth.on`` handler's filters (values, ``$eq``, ``$contains``)."""
+    metadata = metadata or {}
+    for key, wanted in (filters or {}).items():
+        found = metadata.get(key)
+        if isinstance(wanted, dict) and "$contains" in wanted:
+            if not isinstance(found, list) or wanted["$contains"] not in found:
+                return False
+        elif (wanted.get("$eq") if isinstance(wanted, dict) else wanted) != found:
+            return False
+    return True

@@ -290,17 +290,23 @@ class Backend:
         found = await self._get(self.threads_kv, thread_id)
         if found is None or not auth.owns(found[0].get("metadata")):
             raise not_found(f"Thread with ID {thread_id}")
+        filters = await auth.authorize("threads", "read", {"thread_id": thread_id})
+        if not auth.satisfies(found[0].get("metadata"), filters):
+            raise not_found(f"Thread with ID {thread_id}")
         return found[0]
 
     async def create_thread(self, body: ThreadCreate) -> dict[str, Any]:
         thread_id = check_uuid(body.thread_id, "thread") if body.thread_id else str(uuid.uuid4())
+        # A create handler may add to the metadata (a tenant, a label) before it is stored.
+        value = {"thread_id": thread_id, "metadata": dict(body.metadata or {}), "if_exists": body.if_exists}
+        await auth.authorize("threads", "create", value)
         now = iso_now()
         record = {
             "thread_id": thread_id,
             "created_at": now,
             "updated_at": now,
             "state_updated_at": now,
-            "metadata": _owned(body.metadata or {}),
+            "metadata": _owned(value["metadata"]),
         }
         if await self._put_new(self.threads_kv, thread_id, record):
             await self.log.append_event(contracts.ThreadCreated(thread_id=thread_id, metadata=record["metadata"]))
@@ -335,6 +341,7 @@ class Backend:
 
     async def delete_thread(self, thread_id: str) -> None:
         await self.thread_record(thread_id)
+        await auth.authorize("threads", "delete", {"thread_id": thread_id})
         await self.log.delete_thread(thread_id)
         await self.threads_kv.delete(thread_id)
 
@@ -361,10 +368,13 @@ class Backend:
         }
 
     async def search_threads(self, *, metadata=None, values=None, status=None, ids=None) -> list[dict[str, Any]]:
+        filters = await auth.authorize("threads", "search", {"metadata": metadata or {}})
         records = [
             r
             for r in await self._all(self.threads_kv)
-            if auth.owns(r.get("metadata")) and matches(r.get("metadata") or {}, metadata)
+            if auth.owns(r.get("metadata"))
+            and auth.satisfies(r.get("metadata"), filters)
+            and matches(r.get("metadata") or {}, metadata)
         ]
         if ids is not None:
             records = [r for r in records if r["thread_id"] in set(ids)]

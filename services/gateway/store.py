@@ -47,11 +47,15 @@ def store(request: Request):
     return request.app.state.backend.store
 
 
-def _namespace(labels: list[str]) -> tuple[str, ...]:
+async def _namespace(action: str, labels: list[str], **value: Any) -> tuple[str, ...]:
+    """The namespace the operation acts on: checked, then as an ``@auth.on.store`` handler
+    rewrote it, and owned by the caller."""
     for label in labels:
         if not label or "." in label:
             raise HTTPException(422, f"Invalid namespace label {label!r}: labels are non-empty and contain no '.'")
-    namespace = tuple(labels)
+    scoped = {"namespace": tuple(labels), **value}
+    await auth.authorize("store", action, scoped)
+    namespace = tuple(scoped["namespace"])
     auth.own_namespace(namespace)
     return namespace
 
@@ -62,14 +66,15 @@ def _item(item) -> dict[str, Any]:
 
 @router.put("/items", status_code=204)
 async def put_item(body: StorePut, request: Request):
-    await store(request).aput(_namespace(body.namespace), body.key, body.value, index=body.index, ttl=body.ttl)
+    namespace = await _namespace("put", body.namespace, key=body.key, value=body.value)
+    await store(request).aput(namespace, body.key, body.value, index=body.index, ttl=body.ttl)
     return Response(status_code=204)
 
 
 @router.get("/items")
 async def get_item(request: Request, key: str, namespace: str = "", refresh_ttl: bool | None = Query(None)):
     labels = namespace.split(".") if namespace else []
-    item = await store(request).aget(_namespace(labels), key, refresh_ttl=refresh_ttl)
+    item = await store(request).aget(await _namespace("get", labels, key=key), key, refresh_ttl=refresh_ttl)
     if item is None:
         raise HTTPException(404, f"Item {key!r} not found in namespace {labels}")
     return _item(item)
@@ -77,7 +82,7 @@ async def get_item(request: Request, key: str, namespace: str = "", refresh_ttl:
 
 @router.delete("/items", status_code=204)
 async def delete_item(body: StoreDelete, request: Request):
-    await store(request).adelete(_namespace(body.namespace), body.key)
+    await store(request).adelete(await _namespace("delete", body.namespace, key=body.key), body.key)
     return Response(status_code=204)
 
 
@@ -85,7 +90,7 @@ async def delete_item(body: StoreDelete, request: Request):
 async def search_items(body: StoreSearch, request: Request):
     try:
         items = await store(request).asearch(
-            _namespace(body.namespace_prefix),
+            await _namespace("search", body.namespace_prefix, filter=body.filter, query=body.query),
             query=body.query,
             filter=body.filter,
             limit=body.limit,
@@ -102,7 +107,7 @@ async def list_namespaces(body: StoreNamespaces, request: Request):
     identity = auth.current_identity.get()
     prefix = tuple(body.prefix or ([identity] if identity else []))
     if prefix:
-        auth.own_namespace(prefix)
+        prefix = await _namespace("list_namespaces", list(prefix))
     namespaces = await store(request).alist_namespaces(
         prefix=prefix or None,
         suffix=tuple(body.suffix) if body.suffix else None,
