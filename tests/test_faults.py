@@ -162,3 +162,38 @@ async def test_oversized_bodies_are_refused_with_413(server):
         assert res.status_code == 413
         assert (await http.post("/threads", json={"metadata": {"small": True}})).status_code == 200
 
+
+
+async def test_an_executor_stopped_mid_run_hands_the_run_back(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        await cluster.start()
+        victim = cluster.executors[0]
+        # Restarted with a short grace, so that SIGTERM hands back what does not finish in it.
+        victim.stop()
+        victim.env["THREADBUS_EXECUTOR_SHUTDOWN_GRACE_S"] = "0.2"
+        survivor = cluster.executors[1]
+        survivor.stop()  # the run must land on the victim first
+        victim.start(wait_http=False)
+        await wait_logged([victim], "executor consuming")
+
+        client = get_client(url=cluster.gateway.url)
+        tid = (await client.threads.create())["thread_id"]
+        run = await client.runs.create(tid, "two_step", input=said("hello"), config={"configurable": {"delay": 1.5}})
+        await wait_logged([victim], "run executing", run_id=run["run_id"])
+        survivor.start(wait_http=False)
+        assert await asyncio.to_thread(victim.stop) == 0  # SIGTERM: a clean exit, not a kill
+        await wait_logged([victim], "run handed back", run_id=run["run_id"])
+
+        async with asyncio.timeout(60):
+            await client.runs.join(tid, run["run_id"])
+        assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
+        assert await wait_logged([survivor], "run executing", run_id=run["run_id"]) is survivor
+        assert contents((await client.threads.get_state(tid))["values"])[-1] == "answer to: hello"
+        nc = await nats.connect(cluster.nats.url)
+        try:
+            assert await terminal_events(nc, tid, run["run_id"]) == ["RunSucceeded"]
+        finally:
+            await nc.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         default=None, description="A run still executing after this long is stopped and ends with status 'timeout'."
     )
     executor_concurrency: int = Field(default=10, description="Runs one executor process executes at once.")
+    executor_shutdown_grace_s: float = Field(
+        default=20.0, description="On SIGTERM, runs in progress get this long to finish; the rest are handed back at once."
+    )
     executor_ack_wait_s: float = Field(default=30.0, description="A run is redelivered after this long without a heartbeat.")
     executor_max_deliver: int = Field(default=5, description="Deliveries of one run before it ends in error.")
     cron_tick_s: float = Field(default=1.0, description="How often each gateway looks for crons that are due.")

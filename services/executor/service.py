@@ -60,7 +60,7 @@ class Executor:
         metrics.EXECUTOR_SLOTS.set(self.settings.executor_concurrency)
         metrics.EXECUTOR_BUSY.set_function(lambda: len(self.active))
         log.info("executor consuming", concurrency=self.settings.executor_concurrency)
-        tasks: set[asyncio.Task] = set()
+        tasks: dict[asyncio.Task, Any] = {}  # run task -> its RunStarted message
         try:
             while not stop.is_set():
                 await slots.acquire()
@@ -77,15 +77,29 @@ class Executor:
                     await asyncio.sleep(0.5)  # reconnecting: fetch again once the broker is back
                     continue
                 task = asyncio.create_task(self._execute(msgs[0]))
-                tasks.add(task)
-                task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+                tasks[task] = msgs[0]
+                task.add_done_callback(lambda t: (tasks.pop(t, None), slots.release()))
         finally:
-            # Runs in progress finish (each acks its own message); what does not is redelivered.
-            if tasks:
-                log.info("waiting for runs in progress", runs=len(tasks))
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await self._hand_back(tasks)
             await cancels.unsubscribe()
             await psub.unsubscribe()
+
+    async def _hand_back(self, tasks: dict[asyncio.Task, Any]) -> None:
+        """On stop, runs in progress get THREADBUS_EXECUTOR_SHUTDOWN_GRACE_S to finish (each acks
+        its own message); the rest are stopped and handed back at once, so another executor
+        resumes them from their last checkpoint instead of waiting out the ack wait."""
+        if not tasks:
+            return
+        log.info("waiting for runs in progress", runs=len(tasks), grace_s=self.settings.executor_shutdown_grace_s)
+        _, unfinished = await asyncio.wait(set(tasks), timeout=self.settings.executor_shutdown_grace_s)
+        handed_back = [(task, tasks[task]) for task in unfinished]
+        for task, _ in handed_back:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in handed_back), return_exceptions=True)
+        for _, msg in handed_back:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            log.info("run handed back", run_id=subjects.run_of(msg.subject))
 
     async def _on_cancel(self, msg) -> None:
         # A hint, not a fact: every publish of a RunCancelled reaches this core subscription, also
