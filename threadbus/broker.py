@@ -164,7 +164,21 @@ async def dead_letter(nc: NATS, service: str, msg, reason: str) -> None:
     log.warning("dead-lettered an invalid message", service=service, subject=msg.subject, reason=reason[:200])
 
 
-async def bootstrap(nc: NATS, settings: Settings) -> None:
+async def bootstrap(nc: NATS, settings: Settings, patience_s: float = 60.0) -> None:
+    """Creates what threadbus needs on the broker, idempotently. A cluster that is still
+    electing its JetStream leader answers nothing for a few seconds: wait for it."""
+    deadline = asyncio.get_running_loop().time() + patience_s
+    while True:
+        try:
+            return await _bootstrap(nc, settings)
+        except UNREACHABLE as err:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.info("broker not ready yet", error=repr(err))
+            await asyncio.sleep(0.5)
+
+
+async def _bootstrap(nc: NATS, settings: Settings) -> None:
     js = nc.jetstream()
     await ensure_stream(js, thread_stream_config(settings))
     await ensure_stream(js, run_stream_config(settings))

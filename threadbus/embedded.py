@@ -55,7 +55,10 @@ class EmbeddedNats:
         log_file: str | os.PathLike | None = None,
         user: str | None = None,
         password: str | None = None,
+        cluster: tuple[str, int, list[int]] | None = None,
     ):
+        """``cluster``: (this server's name, its route port, the route ports of the others), for
+        a JetStream cluster on loopback."""
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
@@ -63,6 +66,7 @@ class EmbeddedNats:
         self.max_payload_mb = max_payload_mb
         self.log_file = Path(log_file) if log_file else self.data_dir / "nats-server.log"
         self.user, self.password = user, password
+        self.cluster = cluster
         self.process: subprocess.Popen | None = None
 
     @property
@@ -83,6 +87,17 @@ class EmbeddedNats:
         lines.append("}")
         if self.user:
             lines += ["authorization {", f'  user: "{self.user}"', f'  password: "{self.password}"', "}"]
+        if self.cluster:
+            name, route_port, peers = self.cluster
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in peers)
+            lines += [
+                f"server_name: {name}",
+                "cluster {",
+                "  name: threadbus",
+                f"  listen: 127.0.0.1:{route_port}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 20.0) -> str:

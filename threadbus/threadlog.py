@@ -46,6 +46,8 @@ import contracts
 from contracts import subjects
 
 WRONG_LAST_SEQUENCE = 10071
+LAST_SEQUENCE_IN_FLIGHT = 10164  # "wrong last sequence" from a clustered stream, without a sequence
+_IN_FLIGHT_TRIES = 12  # about 1.5 s of asking again
 _BATCH = 256
 
 
@@ -144,12 +146,20 @@ class ThreadLog:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expect)
             if expect_filter is not None:
                 headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expect_filter
-        for attempt in range(self.attempts):
+        attempt = in_flight = 0
+        while True:
             try:
                 ack = await self.js.publish(subject, payload, headers=headers, stream=self.stream)
                 return ack.seq
             except nats.js.errors.APIError as err:
-                if err.err_code != WRONG_LAST_SEQUENCE:
+                if err.err_code == LAST_SEQUENCE_IN_FLIGHT and in_flight < _IN_FLIGHT_TRIES:
+                    # A clustered stream cannot check the expectation while an earlier append
+                    # on the same subjects is still being replicated: the answer is "not yet",
+                    # not "no". Nothing was stored and the expectation is unchanged: ask again.
+                    await asyncio.sleep(min(0.005 * 2**in_flight, 0.2))
+                    in_flight += 1
+                    continue
+                if err.err_code not in (WRONG_LAST_SEQUENCE, LAST_SEQUENCE_IN_FLIGHT):
                     raise
                 if attempt > 0:
                     # Our earlier attempt may have landed before its ack was lost.
@@ -158,11 +168,10 @@ class ThreadLog:
                         return newest.seq
                 raise Conflict(_last_seq_from(err)) from None
             except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.ConnectionClosedError):
-                if attempt == self.attempts - 1:
+                attempt += 1
+                if attempt == self.attempts:
                     raise
-                await asyncio.sleep(0.05 * 2**attempt)
-        raise AssertionError("unreachable")
-
+                await asyncio.sleep(0.05 * 2 ** (attempt - 1))
     async def append_event(self, event: contracts.Event, *, expect: int | None = None, scope: str = "thread") -> int:
         """Append a control event on its subject. ``scope`` names what ``expect`` guards:
         ``"thread"`` (all of the thread's control events) or ``"run"`` (the run's)."""

@@ -127,6 +127,8 @@ class Executor:
                 return
             except Exception:
                 log.exception("run handling failed; it will be redelivered")
+                with contextlib.suppress(Exception):  # with the broker gone, the ack wait does it
+                    await msg.nak(delay=1.0)
                 return
             await msg.ack()
 
@@ -176,6 +178,8 @@ class Executor:
             # The broker went away mid-run: the run is not over. Unacknowledged, it is delivered
             # again once the broker is back, and resumes from its last checkpoint.
             log.warning("broker unreachable during the run; it will be redelivered", error=repr(err))
+            with contextlib.suppress(Exception):  # with the broker gone, the ack wait does it
+                await msg.nak(delay=1.0)
             raise _Redeliver from None
         except Exception as err:
             if deadline.expired():  # our deadline, not a TimeoutError of the graph's own
@@ -187,7 +191,7 @@ class Executor:
                     message=f"the run took longer than {self.settings.run_timeout_s} s (THREADBUS_RUN_TIMEOUT_S)",
                 )
             else:
-                log.warning("graph raised", error=repr(err))
+                log.warning("graph raised", error=repr(err), detail=getattr(err, "description", None) or str(err))
                 outcome = contracts.RunFailed(
                     thread_id=thread_id, run_id=run_id, error=type(err).__name__, message=str(err)
                 )

@@ -31,6 +31,7 @@ log = logs.get("threadbus.orchestrator")
 
 _CACHE_SIZE = 50_000
 _MAX_BATCH = 512
+_RETRY_DELAY_S = 0.5
 
 
 class Orchestrator:
@@ -78,9 +79,10 @@ class Orchestrator:
             )
             for (tid, msgs), result in zip(by_thread.items(), results):
                 if isinstance(result, BaseException):
-                    # Unacked messages come back after ack_wait; the thread is retried from its log.
+                    # Back in a moment (not after the ack wait); the thread is retried from its log.
                     self.states.pop(tid, None)
                     log.error("thread handling failed", thread_id=tid, error=repr(result), exc_info=result)
+                    await asyncio.gather(*(m.nak(delay=_RETRY_DELAY_S) for m in msgs), return_exceptions=True)
                     continue
                 await asyncio.gather(*(m.ack() for m in msgs), return_exceptions=True)
 
