@@ -79,47 +79,47 @@ async def test_store_namespaces_belong_to_the_identity_they_start_with(secured):
     assert (await bob.store.list_namespaces())["namespaces"] == []
 
 
-async def test_a_custom_auth_hook_from_langgraph_json(tmp_path):
+@pytest.fixture(scope="module")
+def hooked(tmp_path_factory):
+    """`threadbus dev` whose langgraph.json names an Auth object (tests/graphs/auth.py)."""
+    tmp = tmp_path_factory.mktemp("hooked")
     proc = ThreadbusProcess(
-        ["dev", "--data-dir", str(tmp_path / "data"), "--config", str(ROOT / "tests" / "graphs" / "auth_langgraph.json")],
-        log_path=tmp_path / "threadbus.log",
+        ["dev", "--data-dir", str(tmp / "data"), "--config", str(ROOT / "tests" / "graphs" / "auth_langgraph.json")],
+        log_path=tmp / "threadbus.log",
     ).start()
-    try:
-        async with httpx.AsyncClient(base_url=proc.url) as http:
-            refused = await http.post("/threads", json={}, headers={"Authorization": "Bearer nope"})
-            assert refused.status_code == 401 and refused.json()["detail"] == "no valid token for /threads"
-        carol = get_client(url=proc.url, headers={"Authorization": "Bearer token-carol"}, api_key=None)
-        thread = await carol.threads.create()
-        assert thread["metadata"]["owner"] == "carol"
-        assert (await carol.runs.wait(thread["thread_id"], "echo", input=HI))["messages"][-1]["content"] == "echo: hi"
-        dave = get_client(url=proc.url, headers={"Authorization": "Bearer token-dave"}, api_key=None)
-        with pytest.raises(NotFoundError):
-            await dave.threads.get(thread["thread_id"])
-    finally:
-        proc.stop()
+    yield proc
+    proc.stop()
 
 
-async def test_auth_on_handlers_label_threads_refuse_deletes_and_scope_the_store(tmp_path):
-    proc = ThreadbusProcess(
-        ["dev", "--data-dir", str(tmp_path / "data"), "--config", str(ROOT / "tests" / "graphs" / "auth_langgraph.json")],
-        log_path=tmp_path / "threadbus.log",
-    ).start()
-    try:
-        bert = get_client(url=proc.url, headers={"Authorization": "Bearer token-bert"}, api_key=None)
-        auditor = get_client(url=proc.url, headers={"Authorization": "Bearer token-auditor"}, api_key=None)
-        thread = await bert.threads.create(metadata={"topic": "x"})
-        assert thread["metadata"] == {"topic": "x", "team": "blue", "owner": "bert"}
-        mine = await auditor.threads.create()
-        with pytest.raises(httpx.HTTPStatusError) as err:
-            await auditor.threads.delete(mine["thread_id"])
-        assert err.value.response.status_code == 403
-        await bert.threads.delete(thread["thread_id"])
+def as_user(proc: ThreadbusProcess, name: str):
+    return get_client(url=proc.url, headers={"Authorization": f"Bearer token-{name}"}, api_key=None)
 
-        # The handler puts bert's items under his identity, whatever namespace he names.
-        await bert.store.put_item(["notes"], "n1", {"text": "hi"})
-        assert (await bert.store.get_item(["bert", "notes"], "n1"))["value"] == {"text": "hi"}
-        assert (await bert.store.get_item(["notes"], "n1"))["namespace"] == ["bert", "notes"]
-        with pytest.raises(NotFoundError):
-            await auditor.store.get_item(["notes"], "n1")
-    finally:
-        proc.stop()
+
+async def test_a_custom_auth_hook_from_langgraph_json(hooked):
+    async with httpx.AsyncClient(base_url=hooked.url) as http:
+        refused = await http.post("/threads", json={}, headers={"Authorization": "Bearer nope"})
+        assert refused.status_code == 401 and refused.json()["detail"] == "no valid token for /threads"
+    carol = as_user(hooked, "carol")
+    thread = await carol.threads.create()
+    assert thread["metadata"]["owner"] == "carol"
+    assert (await carol.runs.wait(thread["thread_id"], "echo", input=HI))["messages"][-1]["content"] == "echo: hi"
+    with pytest.raises(NotFoundError):
+        await as_user(hooked, "dave").threads.get(thread["thread_id"])
+
+
+async def test_auth_on_handlers_label_threads_refuse_deletes_and_scope_the_store(hooked):
+    bert, auditor = as_user(hooked, "bert"), as_user(hooked, "auditor")
+    thread = await bert.threads.create(metadata={"topic": "x"})
+    assert thread["metadata"] == {"topic": "x", "team": "blue", "owner": "bert"}
+    mine = await auditor.threads.create()
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        await auditor.threads.delete(mine["thread_id"])
+    assert err.value.response.status_code == 403
+    await bert.threads.delete(thread["thread_id"])
+
+    # The handler puts bert's items under his identity, whatever namespace he names.
+    await bert.store.put_item(["notes"], "n1", {"text": "hi"})
+    assert (await bert.store.get_item(["bert", "notes"], "n1"))["value"] == {"text": "hi"}
+    assert (await bert.store.get_item(["notes"], "n1"))["namespace"] == ["bert", "notes"]
+    with pytest.raises(NotFoundError):
+        await auditor.store.get_item(["notes"], "n1")
