@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import nats
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
+from contracts import subjects
 from threadbus.embedded import free_port
+from threadbus.threadlog import ThreadLog
 
 HI = {"messages": [{"role": "human", "content": "hi"}]}
 
@@ -50,6 +53,22 @@ async def test_the_webhook_gets_the_run_and_its_values_after_a_retry(client, rec
     assert body["values"]["messages"][-1]["content"] == "echo: hi"
     assert body["webhook_sent_at"]
     assert len(calls) == 2, "one failed call, one retry"
+
+
+async def test_a_stateless_run_calls_its_webhook_then_its_thread_goes(client, receiver, nats_url):
+    url, _, received = receiver
+    run = await client.runs.create(None, "echo", input=HI, webhook=url)
+    body = await asyncio.wait_for(received.get(), 60)
+    assert body["run_id"] == run["run_id"] and body["status"] == "success"
+    assert body["values"]["messages"][-1]["content"] == "echo: hi"
+    nc = await nats.connect(nats_url)
+    try:
+        log = ThreadLog(nc)
+        async with asyncio.timeout(30):
+            while [type(e.event()).__name__ for e in await log.read(subjects.thread_all(body["thread_id"]))] != ["ThreadDeleted"]:
+                await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
 
 
 async def test_a_webhook_must_be_an_http_url(client):

@@ -200,7 +200,8 @@ class Executor:
             self.active.pop(run_id, None)
             self.cancelled.discard(run_id)
         await self._finish(outcome, started_seq)
-        if requested.kwargs.temporary:
+        # A stateless run's thread goes with it; with a webhook, once the webhook has been called.
+        if requested.kwargs.temporary and not requested.kwargs.webhook:
             await self.log.delete_thread(thread_id)
 
     async def _finish(self, outcome: contracts.Event, started_seq: int) -> None:

@@ -76,12 +76,14 @@ class WebhookSender:
                 response = await self.http.post(url, json=jsonable(body))
                 response.raise_for_status()
             except httpx.HTTPError as err:
-                if attempt >= self.attempts:
-                    log.error("webhook failed, giving up", url=url, attempts=attempt, error=str(err))
-                    await msg.term()
+                if attempt < self.attempts:
+                    log.warning("webhook failed, will retry", url=url, attempt=attempt, error=str(err))
+                    await msg.nak(delay=min(2.0 ** (attempt - 1), 60.0))
                     return
-                log.warning("webhook failed, will retry", url=url, attempt=attempt, error=str(err))
-                await msg.nak(delay=min(2.0 ** (attempt - 1), 60.0))
-                return
-            log.info("webhook sent", url=url, attempt=attempt)
+                log.error("webhook failed, giving up", url=url, attempts=attempt, error=str(err))
+            else:
+                log.info("webhook sent", url=url, attempt=attempt)
+            if record.requested.kwargs.temporary:
+                # A stateless run's thread was kept for this call (the executor leaves it).
+                await self.backend.log.delete_thread(thread_id)
             await msg.ack()
