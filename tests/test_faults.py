@@ -63,7 +63,8 @@ async def test_every_accepted_run_ends_after_the_broker_is_killed_and_restarted(
     cluster = Cluster(tmp_path)
     try:
         await cluster.start()
-        client = get_client(url=cluster.gateway.url, timeout=httpx.Timeout(10))
+        # Joins wait for runs that the outage delayed: a generous read timeout, a bounded test below.
+        client = get_client(url=cluster.gateway.url, timeout=httpx.Timeout(10, read=120))
         threads = [(await client.threads.create())["thread_id"] for _ in range(10)]
         accepted: list[tuple[str, str]] = []
 

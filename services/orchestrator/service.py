@@ -66,6 +66,10 @@ class Orchestrator:
     async def _enqueue(self, msg) -> None:
         self.inbox.put_nowait(msg)
 
+    def _requeue(self, msgs: list) -> None:
+        for msg in msgs:
+            self.inbox.put_nowait(msg)
+
     async def _work(self) -> None:
         while True:
             batch = [await self.inbox.get()]
@@ -79,10 +83,12 @@ class Orchestrator:
             )
             for (tid, msgs), result in zip(by_thread.items(), results):
                 if isinstance(result, BaseException):
-                    # Back in a moment (not after the ack wait); the thread is retried from its log.
+                    # Handled again in a moment, from the thread's log, by this process: a nak
+                    # would not reach a broker that is away, and its ack wait is long. Should
+                    # this process die meanwhile, the broker redelivers them after the ack wait.
                     self.states.pop(tid, None)
                     log.error("thread handling failed", thread_id=tid, error=repr(result), exc_info=result)
-                    await asyncio.gather(*(m.nak(delay=_RETRY_DELAY_S) for m in msgs), return_exceptions=True)
+                    asyncio.get_running_loop().call_later(_RETRY_DELAY_S, self._requeue, msgs)
                     continue
                 await asyncio.gather(*(m.ack() for m in msgs), return_exceptions=True)
 
