@@ -94,6 +94,8 @@ class Executor:
         _, unfinished = await asyncio.wait(set(tasks), timeout=self.settings.executor_shutdown_grace_s)
         handed_back = [(task, tasks[task]) for task in unfinished]
         for task, _ in handed_back:
+            # Where it waits tells a stuck run from a slow graph.
+            log.info("run unfinished at the end of the grace period", run_id=subjects.run_of(tasks[task].subject), waiting_in=_awaiting(task))
             task.cancel()
         await asyncio.gather(*(task for task, _ in handed_back), return_exceptions=True)
         for _, msg in handed_back:
@@ -269,6 +271,15 @@ class Executor:
     async def _has_checkpoint_of(self, thread_id: str, run_id: str) -> bool:
         newest = await self.log.last(subjects.checkpoints(thread_id))
         return newest is not None and subjects.run_of(newest.subject) == run_id
+
+
+def _awaiting(task: asyncio.Task) -> list[str]:
+    """The chain of coroutines a task is suspended in, outermost first."""
+    chain, coro = [], task.get_coro()
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        chain.append(f"{coro.cr_code.co_name} ({coro.cr_code.co_filename.rsplit('/', 1)[-1]}:{coro.cr_frame.f_lineno})")
+        coro = coro.cr_await
+    return chain
 
 
 def _outcome_label(outcome: contracts.Event) -> str:

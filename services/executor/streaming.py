@@ -4,6 +4,10 @@ Each event is a ``StreamChunk`` on ``tb.stream.<thread>.<run>``. Publishes are p
 round trip per token); :meth:`RunStreamWriter.flush` waits for every acknowledgement and is
 awaited before the run's outcome is appended, so a gateway that sees the outcome and then
 drains the stream log has every event.
+
+nats-py's publish futures never time out: a chunk the broker lost in a crash (published, never
+acknowledged) would hold the flush, and with it the run, forever. The flush is bounded instead;
+past the bound the run counts as cut off by the broker and is redelivered.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 from typing import Any
 
 import msgspec
+import nats.errors
 from langchain_core.messages import BaseMessageChunk
 
 import contracts
@@ -32,6 +37,8 @@ LANGGRAPH_MODE = {
 # `events` is not a LangGraph stream mode: it is ``astream_events`` (v2), whose root-run
 # ``on_chain_stream`` events carry the chunks of every other mode.
 EVENTS = "events"
+# Long enough for a reconnect to resend what was buffered and for the broker to acknowledge it.
+FLUSH_TIMEOUT_S = 10.0
 
 
 class RunStreamWriter:
@@ -98,5 +105,9 @@ class RunStreamWriter:
 
     async def flush(self) -> None:
         pending, self.pending = self.pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        if not pending:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*pending), FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
