@@ -1,15 +1,24 @@
 """Subjects and streams of threadbus, and the only code that builds subject strings.
 
-Thread log (stream ``TB_THREADS``)::
+Thread log (stream ``TB_THREADS``). Events are published on these subjects::
 
-    tb.thread.<thread>.run.<run>.<event>              control events of one run (6 tokens)
-    tb.thread.<thread>.meta.thread.<event>            control events of the thread itself (6 tokens)
+    tb.thread.<thread>.run.<run>.<event>              control events of one run
+    tb.thread.<thread>.meta.thread.<event>            control events of the thread itself
     tb.thread.<thread>.run.<run>.ckpt.<ns>.<id>       a checkpoint written by that run
     tb.thread.<thread>.run.<run>.write.<ns>.<id>.<task>   pending writes of one task
 
-Control events always have six tokens and checkpoint records more, so ``tb.thread.<t>.*.*.*``
-selects exactly a thread's control events and ``tb.thread.<t>.run.<r>.*`` one run's. Rolling a
-run back purges ``tb.thread.<t>.run.<r>.>``; deleting a thread purges ``tb.thread.<t>.>``.
+and the stream stores each with the thread's partition inserted after the thread token
+(``tb.thread.<thread>.<partition>.run.<run>.<event>``): a subject transform in the stream
+configuration, ``{{partition(PARTITIONS,1)}}`` over the thread token, so the same thread always
+lands in the same partition and one orchestrator consumer per partition sees exactly its threads.
+Publishers never compute a partition; readers match it with ``*``.
+
+Stored control events have seven tokens and checkpoint records more, so ``tb.thread.<t>.*.*.*.*``
+selects exactly a thread's control events and ``tb.thread.<t>.*.run.<r>.*`` one run's. Rolling a
+run back purges ``tb.thread.<t>.*.run.<r>.>``; deleting a thread purges ``tb.thread.<t>.>``.
+
+The filters below match stored subjects; the parsers (:func:`thread_of`, :func:`run_of`) take
+either form.
 
 Run stream log (stream ``TB_RUNSTREAM``, expiring after a configurable age)::
 
@@ -36,6 +45,8 @@ RUN_STREAM = "TB_RUNSTREAM"
 STREAM_PREFIX = "tb.stream"
 DEADLETTER_STREAM = "TB_DEADLETTER"
 DEADLETTER_PREFIX = "tb.deadletter"
+# Fixed for the life of a stream: changing it would move threads between partitions.
+PARTITIONS = 16
 
 _SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -71,42 +82,51 @@ def untoken(tok: str) -> str:
     return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
 
 
+def partition_transform() -> tuple[str, str]:
+    """The thread stream's subject transform (source, destination)."""
+    return f"{PREFIX}.*.>", f"{PREFIX}.{{{{wildcard(1)}}}}.{{{{partition({PARTITIONS},1)}}}}.>"
+
+
 def thread_all(thread_id: str) -> str:
     return f"{PREFIX}.{token(thread_id)}.>"
 
 
 def thread_control(thread_id: str) -> str:
     """Every control event of one thread (runs and the thread itself)."""
-    return f"{PREFIX}.{token(thread_id)}.*.*.*"
+    return f"{PREFIX}.{token(thread_id)}.*.*.*.*"
 
 
-def all_control() -> str:
-    return f"{PREFIX}.*.*.*.*"
+def all_control(partition: int | None = None) -> str:
+    """Every control event of every thread, or of the threads of one partition."""
+    return f"{PREFIX}.*.{'*' if partition is None else partition}.*.*.*"
 
 
 def run_control(thread_id: str, run_id: str) -> str:
-    return f"{PREFIX}.{token(thread_id)}.run.{token(run_id)}.*"
+    return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.*"
 
 
 def run_all(thread_id: str, run_id: str) -> str:
-    return f"{PREFIX}.{token(thread_id)}.run.{token(run_id)}.>"
+    return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.>"
 
 
 def started_any() -> str:
     """The executors' work queue: every ``RunStarted`` of every thread."""
-    return f"{PREFIX}.*.run.*.started"
+    return f"{PREFIX}.*.*.run.*.started"
 
 
 def outcome_any(type_name: str) -> str:
     """Every run's events of one type, in every thread (e.g. every ``RunSucceeded``)."""
-    return f"{PREFIX}.*.run.*.{EVENT_TOKENS[type_name]}"
+    return f"{PREFIX}.*.*.run.*.{EVENT_TOKENS[type_name]}"
 
 
-def cancelled_any() -> str:
+def cancels_published() -> str:
+    """Every ``RunCancelled`` as published, for a plain (non-stream) subscription: it sees the
+    subject a publisher used, not the stored one."""
     return f"{PREFIX}.*.run.*.cancelled"
 
 
 def control_event(thread_id: str, run_id: str | None, type_name: str) -> str:
+    """The subject to publish a control event on."""
     event = EVENT_TOKENS[type_name]
     if run_id is None:
         return f"{PREFIX}.{token(thread_id)}.meta.thread.{event}"
@@ -114,29 +134,33 @@ def control_event(thread_id: str, run_id: str | None, type_name: str) -> str:
 
 
 def checkpoint(thread_id: str, run_id: str, ns: str, checkpoint_id: str) -> str:
+    """The subject to publish a checkpoint on."""
     return f"{PREFIX}.{token(thread_id)}.run.{token(run_id)}.ckpt.{token(ns)}.{token(checkpoint_id)}"
 
 
-def checkpoints(thread_id: str, ns: str | None = None, checkpoint_id: str | None = None) -> str:
-    """Checkpoints of a thread, optionally of one namespace or one id, whichever run wrote them."""
+def checkpoints(thread_id: str | None, ns: str | None = None, checkpoint_id: str | None = None) -> str:
+    """Stored checkpoints of a thread (of every thread when None), optionally of one namespace or
+    one id, whichever run wrote them."""
+    thread_tok = "*" if thread_id is None else token(thread_id)
     ns_tok = "*" if ns is None else token(ns)
     id_tok = "*" if checkpoint_id is None else token(checkpoint_id)
-    return f"{PREFIX}.{token(thread_id)}.run.*.ckpt.{ns_tok}.{id_tok}"
+    return f"{PREFIX}.{thread_tok}.*.run.*.ckpt.{ns_tok}.{id_tok}"
 
 
 def writes_record(thread_id: str, run_id: str, ns: str, checkpoint_id: str, task_id: str) -> str:
+    """The subject to publish one task's pending writes on."""
     return f"{PREFIX}.{token(thread_id)}.run.{token(run_id)}.write.{token(ns)}.{token(checkpoint_id)}.{token(task_id)}"
 
 
 def writes(thread_id: str, ns: str | None = None, checkpoint_id: str | None = None) -> str:
     ns_tok = "*" if ns is None else token(ns)
     id_tok = "*" if checkpoint_id is None else token(checkpoint_id)
-    return f"{PREFIX}.{token(thread_id)}.run.*.write.{ns_tok}.{id_tok}.*"
+    return f"{PREFIX}.{token(thread_id)}.*.run.*.write.{ns_tok}.{id_tok}.*"
 
 
 def run_records(run_id: str, kind: str) -> str:
-    """The ``kind`` ("ckpt" or "write") records of one run, in whichever thread."""
-    return f"{PREFIX}.*.run.{token(run_id)}.{kind}.>"
+    """The stored ``kind`` ("ckpt" or "write") records of one run, in whichever thread."""
+    return f"{PREFIX}.*.*.run.{token(run_id)}.{kind}.>"
 
 
 def run_stream(thread_id: str, run_id: str | None = None) -> str:
@@ -153,10 +177,24 @@ def run_of_stream(subject: str) -> str:
     return untoken(subject.split(".")[3])
 
 
+def published_tokens(subject: str) -> list[str]:
+    """The tokens of a thread-log subject as published (a stored one loses its partition)."""
+    parts = subject.split(".")
+    if len(parts) > 3 and parts[3].isdigit():
+        del parts[3]
+    return parts
+
+
+def partition_of(subject: str) -> int:
+    """The partition of a stored thread-log subject."""
+    return int(subject.split(".")[3])
+
+
 def thread_of(subject: str) -> str:
     return untoken(subject.split(".")[2])
 
 
 def run_of(subject: str) -> str | None:
-    parts = subject.split(".")
+    parts = published_tokens(subject)
     return untoken(parts[4]) if parts[3] == "run" else None
+

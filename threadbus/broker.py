@@ -22,6 +22,7 @@ from nats.js.api import (
     KeyValueConfig,
     StorageType,
     StreamConfig,
+    SubjectTransform,
 )
 
 from contracts import subjects
@@ -30,7 +31,7 @@ from threadbus.settings import Settings
 
 log = logs.get("threadbus.broker")
 
-ORCHESTRATOR_CONSUMER = "orchestrator"
+ORCHESTRATOR_CONSUMER = "orchestrator"  # one per partition: orchestrator-p<k>
 EXECUTOR_CONSUMER = "executor"
 WEBHOOKS_CONSUMER = "webhooks"
 THREADS_BUCKET = "tb_threads"
@@ -38,6 +39,7 @@ ASSISTANTS_BUCKET = "tb_assistants"
 STORE_BUCKET = "tb_store"
 ASSISTANT_VERSIONS_BUCKET = "tb_assistant_versions"
 CRONS_BUCKET = "tb_crons"
+LEASES_BUCKET = "tb_leases"
 
 
 # The broker could not be reached or did not answer: worth trying again, not a verdict on the work.
@@ -120,6 +122,7 @@ def thread_stream_config(settings: Settings) -> StreamConfig:
         settings,
         subjects.THREAD_STREAM,
         subjects.PREFIX,
+        subject_transform=SubjectTransform(*subjects.partition_transform()),
         duplicate_window=settings.duplicate_window_s,
         allow_direct=True,
         allow_rollup_hdrs=True,
@@ -178,24 +181,52 @@ async def bootstrap(nc: NATS, settings: Settings, patience_s: float = 60.0) -> N
             await asyncio.sleep(0.5)
 
 
+class IncompatibleLog(RuntimeError):
+    """The thread stream on the broker was written with another subject layout."""
+
+
+async def _check_layout(js) -> None:
+    try:
+        info = await js.stream_info(subjects.THREAD_STREAM)
+    except nats.js.errors.NotFoundError:
+        return
+    transform = info.config.subject_transform
+    ours = subjects.partition_transform()
+    if info.state.messages and (transform is None or (transform.src, transform.dest) != ours):
+        # Updating the configuration would leave the stored threads where no reader looks.
+        raise IncompatibleLog(
+            f"stream {subjects.THREAD_STREAM} holds {info.state.messages} messages stored with another subject layout"
+            f" (transform {transform and transform.dest!r}, expected {ours[1]!r}); it was written by an older"
+            " threadbus: start on a new data directory, or delete the stream"
+        )
+
+
+def orchestrator_consumer(partition: int, deliver_subject: str, start_seq: int) -> ConsumerConfig:
+    """The consumer of one partition's control events, (re)created by whichever orchestrator
+    holds the partition's lease, from the first event its predecessor did not acknowledge."""
+    return ConsumerConfig(
+        durable_name=f"{ORCHESTRATOR_CONSUMER}-p{partition}",
+        filter_subject=subjects.all_control(partition),
+        # Push, so that decisions are taken the moment an event lands; a subject of the owner's
+        # own, so that a deposed owner still subscribed hears nothing.
+        deliver_subject=deliver_subject,
+        flow_control=True,
+        idle_heartbeat=5,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL,
+        opt_start_seq=start_seq if start_seq > 1 else None,
+        ack_wait=30,
+        max_ack_pending=20_000,
+    )
+
+
 async def _bootstrap(nc: NATS, settings: Settings) -> None:
     js = nc.jetstream()
+    await _check_layout(js)
     await ensure_stream(js, thread_stream_config(settings))
     await ensure_stream(js, run_stream_config(settings))
     await ensure_stream(js, deadletter_stream_config(settings))
     consumers = [
-        ConsumerConfig(
-            durable_name=ORCHESTRATOR_CONSUMER,
-            filter_subject=subjects.all_control(),
-            # Push, so that decisions are taken the moment an event lands.
-            deliver_subject="_TB.deliver.orchestrator",
-            flow_control=True,
-            idle_heartbeat=5,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30,
-            max_ack_pending=20_000,
-        ),
         ConsumerConfig(
             durable_name=EXECUTOR_CONSUMER,
             filter_subject=subjects.started_any(),
@@ -226,3 +257,9 @@ async def _bootstrap(nc: NATS, settings: Settings) -> None:
             await js.create_key_value(
                 KeyValueConfig(bucket=bucket, history=16, storage=StorageType.FILE, replicas=settings.replicas)
             )
+    # Partition leases and orchestrator presence: an entry not renewed within the lease expires.
+    leases = KeyValueConfig(bucket=LEASES_BUCKET, history=1, ttl=settings.orchestrator_lease_s, storage=StorageType.FILE, replicas=settings.replicas)
+    try:
+        await js.key_value(LEASES_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        await js.create_key_value(leases)

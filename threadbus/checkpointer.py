@@ -68,8 +68,8 @@ def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
 
 
 def _checkpoint_key(subject: str) -> tuple[str, str, str]:
-    """(thread, ns, id) of ``tb.thread.<t>.run.<r>.ckpt.<ns>.<id>``, without decoding the payload."""
-    parts = subject.split(".")
+    """(thread, ns, id) of ``tb.thread.<t>.<p>.run.<r>.ckpt.<ns>.<id>``, without decoding the payload."""
+    parts = subjects.published_tokens(subject)
     return subjects.thread_of(subject), subjects.untoken(parts[6]), subjects.untoken(parts[7])
 
 
@@ -108,7 +108,7 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         if config is None:
-            source = f"{subjects.PREFIX}.*.run.*.ckpt.*.*"
+            source = subjects.checkpoints(None)
         else:
             conf = config["configurable"]
             source = subjects.checkpoints(conf["thread_id"], conf.get("checkpoint_ns"), get_checkpoint_id(config))

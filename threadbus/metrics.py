@@ -25,6 +25,7 @@ DECISION_SECONDS = Histogram(
 )
 QUEUED_RUNS = Gauge("threadbus_queued_runs", "Accepted runs waiting to start, over the threads in memory.")
 DEEPEST_QUEUE = Gauge("threadbus_deepest_thread_queue", "The longest queue of a single thread in memory.")
+PARTITIONS_HELD = Gauge("threadbus_orchestrator_partitions", "Thread partitions this orchestrator decides for.")
 EXECUTOR_SLOTS = Gauge("threadbus_executor_slots", "Runs this executor may execute at once.")
 EXECUTOR_BUSY = Gauge("threadbus_executor_busy_slots", "Runs this executor is executing.")
 REDELIVERIES = Counter("threadbus_run_redeliveries_total", "Runs delivered to an executor again (crash, timeout, stop not yet in the log).")

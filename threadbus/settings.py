@@ -67,6 +67,10 @@ class Settings(BaseSettings):
             " from its entry and drops the pause (LangGraph Platform), 'reject' answers 409."
         ),
     )
+    orchestrator_lease_s: float = Field(
+        default=6.0,
+        description="An orchestrator that stops renewing its partitions' leases loses them after this long; another takes them over.",
+    )
     decision_timeout_s: float = Field(default=10.0, description="How long the gateway waits for the orchestrator's decision.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     log_format: Literal["auto", "json", "console"] = Field(

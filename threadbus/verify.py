@@ -239,7 +239,7 @@ class _Run:
 
 def _classify(subject: str) -> tuple[str, str | None]:
     """("control" | "record" | "other", run id or None) of a thread-log subject."""
-    parts = subject.split(".")
+    parts = subjects.published_tokens(subject)
     if len(parts) == 6:
         return "control", subjects.run_of(subject)
     if len(parts) >= 8 and parts[3] == "run" and parts[5] in ("ckpt", "write"):

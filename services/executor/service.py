@@ -55,7 +55,7 @@ class Executor:
         js = self.nc.jetstream()
         self.store = await open_store(js, self.graphs.raw)
         psub = await js.pull_subscribe_bind(durable=broker.EXECUTOR_CONSUMER, stream=subjects.THREAD_STREAM)
-        cancels = await self.nc.subscribe(subjects.cancelled_any(), cb=self._on_cancel)
+        cancels = await self.nc.subscribe(subjects.cancels_published(), cb=self._on_cancel)
         slots = asyncio.Semaphore(self.settings.executor_concurrency)
         metrics.EXECUTOR_SLOTS.set(self.settings.executor_concurrency)
         metrics.EXECUTOR_BUSY.set_function(lambda: len(self.active))

@@ -1,7 +1,9 @@
 """The orchestrator process: folds every thread's control events and appends its decisions.
 
-It consumes all control events in stream order from the durable ``orchestrator`` consumer.
-Messages that are waiting are taken together, grouped by thread, and the threads are handled
+Threads are spread over partitions; an orchestrator consumes the control events of the
+partitions whose lease it holds (:mod:`services.orchestrator.leases`), each from a durable
+``orchestrator-p<k>`` consumer that it recreates on taking the partition over, starting at the
+first event the previous holder did not acknowledge. Messages that are waiting are taken together, grouped by thread, and the threads are handled
 concurrently, each in log order. A thread's state is cached in memory and rebuilt from its log
 on first sight, so a restart loses nothing (DESIGN invariant 6).
 
@@ -14,15 +16,21 @@ resumes after a pause, cannot append a decision based on a stale state (invarian
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
+import uuid
 from collections import OrderedDict, defaultdict
 
 import msgspec
+import nats.js.errors
 import structlog
 from nats.aio.client import Client as NATS
 
 import contracts
 from contracts import subjects
 from services.orchestrator.decider import ThreadState, evolve, fold, next_decision
+from services.orchestrator.leases import Leases
 from threadbus import broker, logs, metrics
 from threadbus.settings import Settings
 from threadbus.threadlog import Conflict, ThreadLog
@@ -41,27 +49,73 @@ class Orchestrator:
         self.log = ThreadLog(nc)
         self.states: OrderedDict[str, ThreadState] = OrderedDict()
         self.inbox: asyncio.Queue = asyncio.Queue()
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.consuming: dict[int, object] = {}  # partition -> its push subscription
         # Computed when scraped: an up-to-date sum would cost a pass over every thread per event.
         metrics.QUEUED_RUNS.set_function(lambda: sum(len(s.queue) for s in self.states.values()))
         metrics.DEEPEST_QUEUE.set_function(lambda: max((len(s.queue) for s in self.states.values()), default=0))
 
     async def run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
-        psub = await js.subscribe(
-            subjects.all_control(),
-            durable=broker.ORCHESTRATOR_CONSUMER,
-            stream=subjects.THREAD_STREAM,
-            manual_ack=True,
-            cb=self._enqueue,
-        )
-        log.info("orchestrator consuming", consumer=broker.ORCHESTRATOR_CONSUMER)
+        leases = Leases(await js.key_value(broker.LEASES_BUCKET), self.name)
         worker = asyncio.create_task(self._work())
         try:
-            await stop.wait()
+            await self._balance(leases)
+            log.info("orchestrator consuming", name=self.name, partitions=sorted(self.consuming))
+            while not stop.is_set():
+                try:
+                    await self._balance(leases)
+                except broker.UNREACHABLE as err:
+                    log.warning("leases not renewed; trying again", error=repr(err))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.orchestrator_lease_s / 3)
         finally:
-            await psub.unsubscribe()
+            for partition in list(self.consuming):
+                await self._stop_consuming(partition)
+            with contextlib.suppress(Exception):  # with the broker gone, the leases expire instead
+                await leases.leave()
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
+
+    async def _balance(self, leases: Leases) -> None:
+        """Renews the leases, lets go of lost ones, takes free partitions up to a fair share and
+        hands back the surplus."""
+        for partition in await leases.renew():
+            log.warning("partition lease lost", partition=partition)
+            await self._stop_consuming(partition)
+        wanted = await leases.fair_share()
+        for partition in await leases.acquire(wanted):
+            await self._consume(partition)
+        for partition in leases.surplus(wanted):
+            await self._stop_consuming(partition)
+            await leases.release(partition)
+            log.info("partition handed back", partition=partition)
+        metrics.PARTITIONS_HELD.set(len(self.consuming))
+
+    async def _consume(self, partition: int) -> None:
+        js = self.nc.jetstream()
+        durable = f"{broker.ORCHESTRATOR_CONSUMER}-p{partition}"
+        try:
+            info = await js.consumer_info(subjects.THREAD_STREAM, durable)
+            start = info.ack_floor.stream_seq + 1
+            await js.delete_consumer(subjects.THREAD_STREAM, durable)
+        except nats.js.errors.NotFoundError:
+            start = 1
+        deliver = f"_TB.deliver.orchestrator.p{partition}.{self.name}"
+        info = await js.add_consumer(subjects.THREAD_STREAM, broker.orchestrator_consumer(partition, deliver, start))
+        self.consuming[partition] = await js.subscribe_bind(
+            subjects.THREAD_STREAM, info.config, durable, cb=self._enqueue, manual_ack=True
+        )
+        log.info("partition taken", partition=partition, from_seq=start)
+
+    async def _stop_consuming(self, partition: int) -> None:
+        sub = self.consuming.pop(partition, None)
+        if sub is None:
+            return
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        # Its threads may now be decided elsewhere: a cached state could be stale.
+        self.states.clear()
 
     async def _enqueue(self, msg) -> None:
         self.inbox.put_nowait(msg)
@@ -77,7 +131,8 @@ class Orchestrator:
                 batch.append(self.inbox.get_nowait())
             by_thread: dict[str, list] = defaultdict(list)
             for msg in batch:
-                by_thread[subjects.thread_of(msg.subject)].append(msg)
+                if subjects.partition_of(msg.subject) in self.consuming:  # else another orchestrator has it now
+                    by_thread[subjects.thread_of(msg.subject)].append(msg)
             results = await asyncio.gather(
                 *(self._handle_thread(tid, msgs) for tid, msgs in by_thread.items()), return_exceptions=True
             )
