@@ -79,19 +79,28 @@ async def wait_logged(procs: list[ThreadbusProcess], event: str, timeout: float 
     raise TimeoutError(f"no {event!r} {fields} in {[p.log_path.name for p in procs]}")
 
 
+LEASE_S = 3
+
+
 class Cluster:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, orchestrators: int = 1):
         self.root = root
         self.nats = EmbeddedNats(root / "nats")
         self.procs: list[ThreadbusProcess] = []
         self.executors: list[ThreadbusProcess] = []
+        self.orchestrator_count = orchestrators
 
     async def start(self) -> None:
         url = await asyncio.to_thread(self.nats.start)
-        env = {"NATS_URL": url, "THREADBUS_EXECUTOR_ACK_WAIT_S": str(ACK_WAIT_S)}
-        # Streams and consumers first, with the short ack wait, so the processes find them as they are.
+        env = {
+            "NATS_URL": url,
+            "THREADBUS_EXECUTOR_ACK_WAIT_S": str(ACK_WAIT_S),
+            "THREADBUS_ORCHESTRATOR_LEASE_S": str(LEASE_S),
+        }
+        # Streams, consumers and buckets first, with the short ack wait and lease, so the
+        # processes find them as they are.
         nc = await nats.connect(url)
-        await broker.bootstrap(nc, Settings(nats_url=url, executor_ack_wait_s=ACK_WAIT_S))
+        await broker.bootstrap(nc, Settings(nats_url=url, executor_ack_wait_s=ACK_WAIT_S, orchestrator_lease_s=LEASE_S))
         await nc.close()
 
         def proc(name: str, *args: str) -> ThreadbusProcess:
@@ -99,13 +108,15 @@ class Cluster:
             self.procs.append(p)
             return p
 
-        self.orchestrator = proc("orchestrator", "orchestrator")
+        self.orchestrators = [proc(f"orchestrator{i}", "orchestrator") for i in range(self.orchestrator_count)]
+        self.orchestrator = self.orchestrators[0]
         self.gateway = proc("gateway", "gateway", "--config", str(TEST_GRAPHS))
         self.executors = [proc(f"executor{i}", "executor", "--config", str(TEST_GRAPHS)) for i in range(2)]
         for p in self.procs:
             p.start(wait_http=False)
         await asyncio.to_thread(self.gateway.wait_ready)
-        await wait_logged([self.orchestrator], "orchestrator consuming")
+        for p in self.orchestrators:
+            await wait_logged([p], "orchestrator consuming")
         for p in self.executors:
             await wait_logged([p], "executor consuming")
 

@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from langgraph.store.base import InvalidNamespaceError
 
 import threadbus
 from services.gateway import assistants, crons, runs, store, threads
 from services.gateway.crons import Crons
+from services.gateway.models import ERROR_RESPONSES
 from services.gateway.auth import Authenticator
 from services.gateway.backend import Backend
 from services.gateway.webhooks import WebhookSender
@@ -42,16 +44,24 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
             await asyncio.gather(*background, return_exceptions=True)
             await broker.close(nc)
 
-    app = FastAPI(title="threadbus", version=threadbus.__version__, lifespan=lifespan)
+    app = FastAPI(title="threadbus", version=threadbus.__version__, lifespan=lifespan, responses=ERROR_RESPONSES)
     app.add_middleware(BodyLimit, limit=settings.max_body_mb * 1024 * 1024)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         return JSONResponse({"detail": _jsonable_errors(exc.errors())}, status_code=422)
 
+    @app.exception_handler(InvalidNamespaceError)
+    async def invalid_namespace(request: Request, exc: InvalidNamespaceError):
+        return JSONResponse({"detail": [{"loc": ["body", "namespace"], "msg": str(exc), "type": "value_error"}]}, status_code=422)
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        detail = exc.detail
+        if exc.status_code == 422 and isinstance(detail, str):
+            # Every 422 has the one documented shape, a list of errors, whoever raised it.
+            detail = [{"loc": [], "msg": detail, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     def connected() -> bool:
         backend = getattr(app.state, "backend", None)

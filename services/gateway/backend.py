@@ -17,6 +17,7 @@ from typing import Any
 import nats.js.errors
 import orjson
 from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
 from nats.aio.client import Client as NATS
 
 import contracts
@@ -47,7 +48,10 @@ def check_uuid(value: str, what: str) -> str:
     try:
         uuid.UUID(value)
     except ValueError:
-        raise HTTPException(422, f"Invalid {what} ID: must be a UUID") from None
+        # In the shape of every other 422, the one the API document promises.
+        raise RequestValidationError(
+            [{"type": "uuid_parsing", "loc": [f"{what}_id"], "msg": f"Invalid {what} ID: must be a UUID", "input": value}]
+        ) from None
     return value
 
 

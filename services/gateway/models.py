@@ -9,6 +9,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.events import MultitaskStrategy
 
 
+class ErrorResponse(BaseModel):
+    detail: Any
+
+
+# Answers any endpoint may give besides its own, documented once for all of them.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": description}
+    for code, description in {
+        401: "no valid API key (when auth is on)",
+        403: "an auth handler refused",
+        404: "not found, or not the caller's",
+        409: "conflicts with the thread's state (a run in flight, a strategy's refusal)",
+        413: "request body too large",
+        501: "not built in threadbus",
+    }.items()
+}
+
+
 class Body(BaseModel):
     # The SDK sends fields this server may not use yet (e.g. ttl); they are accepted and ignored.
     model_config = ConfigDict(extra="ignore")

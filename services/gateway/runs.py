@@ -172,7 +172,7 @@ async def cancel(
     return Response(status_code=202)
 
 
-@router.post("/runs/cancel")
+@router.post("/runs/cancel", status_code=204)
 async def cancel_many(body: RunCancelMany, request: Request, action: Literal["interrupt", "rollback"] = "interrupt"):
     await backend(request).cancel_many(body.thread_id, body.run_ids, body.status, action)
     return Response(status_code=204)

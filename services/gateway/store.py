@@ -18,7 +18,7 @@ class StorePut(BaseModel):
     key: str
     value: dict[str, Any]
     index: bool | list[str] | None = None
-    ttl: float | None = None
+    ttl: float | None = Field(default=None, ge=0, le=100 * 525_600, description="minutes; at most a century")
 
 
 class StoreDelete(BaseModel):

@@ -51,6 +51,9 @@ class Orchestrator:
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.consuming: dict[int, object] = {}  # partition -> its push subscription
+        # Bumped whenever partitions change hands: a state folded before may have missed events
+        # another orchestrator appended, and must not be cached.
+        self.epoch = 0
         # Computed when scraped: an up-to-date sum would cost a pass over every thread per event.
         metrics.QUEUED_RUNS.set_function(lambda: sum(len(s.queue) for s in self.states.values()))
         metrics.DEEPEST_QUEUE.set_function(lambda: max((len(s.queue) for s in self.states.values()), default=0))
@@ -97,7 +100,8 @@ class Orchestrator:
         durable = f"{broker.ORCHESTRATOR_CONSUMER}-p{partition}"
         try:
             info = await js.consumer_info(subjects.THREAD_STREAM, durable)
-            start = info.ack_floor.stream_seq + 1
+            # Nothing acknowledged since it was last created: its floor reads 0, its start holds.
+            start = max(info.ack_floor.stream_seq + 1, info.config.opt_start_seq or 1)
             await js.delete_consumer(subjects.THREAD_STREAM, durable)
         except nats.js.errors.NotFoundError:
             start = 1
@@ -106,6 +110,7 @@ class Orchestrator:
         self.consuming[partition] = await js.subscribe_bind(
             subjects.THREAD_STREAM, info.config, durable, cb=self._enqueue, manual_ack=True
         )
+        self._forget_states()
         log.info("partition taken", partition=partition, from_seq=start)
 
     async def _stop_consuming(self, partition: int) -> None:
@@ -114,7 +119,10 @@ class Orchestrator:
             return
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-        # Its threads may now be decided elsewhere: a cached state could be stale.
+        self._forget_states()
+
+    def _forget_states(self) -> None:
+        self.epoch += 1
         self.states.clear()
 
     async def _enqueue(self, msg) -> None:
@@ -149,6 +157,7 @@ class Orchestrator:
 
     async def _handle_thread(self, thread_id: str, msgs: list) -> None:
         with structlog.contextvars.bound_contextvars(thread_id=thread_id):
+            epoch = self.epoch
             state = self.states.get(thread_id)
             if state is None:
                 state = await self._load(thread_id)
@@ -163,7 +172,8 @@ class Orchestrator:
                     continue
                 state = evolve(state, event, seq)
             state = await self._settle(state)
-            self._remember(state)
+            if epoch == self.epoch:
+                self._remember(state)
 
     async def _load(self, thread_id: str) -> ThreadState:
         entries = await self.log.read(subjects.thread_control(thread_id))
