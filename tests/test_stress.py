@@ -179,3 +179,71 @@ async def test_many_clients_double_text_one_thread(server, nats_url):
 
     # The load exercised what it is meant to.
     assert rejected and tombstones and statuses["interrupted"] and statuses["success"]
+
+
+LOAD_THREADS = 200
+LOAD_RUNS = 2_000
+LOAD_CLIENTS = 40
+
+
+@pytest.mark.timeout(600)
+async def test_two_thousand_runs_on_two_hundred_threads_with_mixed_strategies(server, nats_url):
+    """Breadth rather than contention: 2,000 requests spread over 200 threads by 40 clients,
+    each with a random strategy; afterwards every thread's log passes verify, nothing is in flight,
+    and every accepted run ended or was rolled back (404)."""
+    seed = int(os.environ.get("THREADBUS_STRESS_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"\nload seed {seed}")
+    rng = random.Random(seed)
+    admin = get_client(url=server.url, timeout=httpx.Timeout(30.0))
+    threads = [(await admin.threads.create(metadata={"test": "load"}))["thread_id"] for _ in range(LOAD_THREADS)]
+    work: asyncio.Queue = asyncio.Queue()
+    for i in range(LOAD_RUNS):
+        work.put_nowait((rng.choice(threads), rng.choice(STRATEGIES), f"load-{i}"))
+    accepted: dict[str, tuple[str, str]] = {}  # run_id -> (thread, strategy)
+    rejected = 0
+    unexpected: list[str] = []
+
+    async def worker() -> None:
+        nonlocal rejected
+        client = get_client(url=server.url, timeout=httpx.Timeout(30.0))
+        while not work.empty():
+            tid, strategy, text = work.get_nowait()
+            try:
+                run = await client.runs.create(tid, "two_step", input=said(text), config=STEP, multitask_strategy=strategy)
+                accepted[run["run_id"]] = (tid, strategy)
+            except ConflictError:
+                if strategy != "reject":
+                    unexpected.append(f"{text}: 409 for {strategy}")
+                rejected += 1
+            except Exception as err:  # noqa: BLE001 - every other answer is a failure
+                unexpected.append(f"{text}: {err!r}")
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(LOAD_CLIENTS)))
+    sent = time.monotonic()
+    async with asyncio.timeout(180):
+        for tid in threads:
+            while await wait_idle(admin, tid, 5.0) is None:
+                pass
+    idle = time.monotonic()
+    print(
+        f"{LOAD_RUNS} requests on {LOAD_THREADS} threads sent in {sent - t0:.1f}s ({LOAD_RUNS / (sent - t0):.0f}/s),"
+        f" all idle {idle - sent:.1f}s later: {len(accepted)} accepted, {rejected} rejected"
+    )
+    assert not unexpected, unexpected[:20]
+
+    nc = await nats.connect(nats_url)
+    try:
+        report = await verify.verify(nc, threads)
+    finally:
+        await nc.close()
+    assert report.ok and not report.in_flight(), report.format()
+    statuses: Counter = Counter()
+    for run_id, (tid, _) in accepted.items():
+        try:
+            statuses[(await admin.runs.get(tid, run_id))["status"]] += 1
+        except NotFoundError:
+            statuses["rolled back"] += 1
+    print(f"statuses {dict(statuses)}")
+    assert set(statuses) <= {"success", "interrupted", "rolled back"}, statuses
+    assert statuses["success"] and statuses["interrupted"] and statuses["rolled back"] and rejected
