@@ -44,6 +44,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 import contracts
 from contracts import subjects
+from threadbus import broker
 
 WRONG_LAST_SEQUENCE = 10071
 LAST_SEQUENCE_IN_FLIGHT = 10164  # "wrong last sequence" from a clustered stream, without a sequence
@@ -223,7 +224,7 @@ class ThreadLog:
 
             yield iterate()
         finally:
-            await sub.unsubscribe()
+            await broker.end_ordered(self.js, sub, self.stream)
 
     # -- compact ------------------------------------------------------------------------------
     async def compact(self, thread_id: str, run_id: str, below: int) -> None:

@@ -24,7 +24,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 import contracts
 from contracts import subjects
 from services.gateway import views
-from threadbus import logs, metrics
+from threadbus import broker, logs, metrics
 from threadbus.jsonable import dumps
 
 log = logs.get("threadbus.gateway.streams")
@@ -113,7 +113,7 @@ async def open_chunks(js, thread_id: str, run_id: str | None, after_seq: int, st
     else:
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1)
     sub = await js.subscribe(subject, stream=subjects.RUN_STREAM, ordered_consumer=True, cb=on_msg, config=config)
-    stack.push_async_callback(sub.unsubscribe)
+    stack.push_async_callback(broker.end_ordered, js, sub, subjects.RUN_STREAM)
     return queue
 
 
