@@ -127,6 +127,11 @@ class Executor:
                 await self._execute_run(msg, thread_id, run_id, started_seq)
             except _Redeliver:
                 return
+            except broker.UNREACHABLE as err:
+                log.warning("broker unreachable while ending the run; it will be redelivered", error=repr(err))
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=_backoff(msg))
+                return
             except Exception:
                 log.exception("run handling failed; it will be redelivered")
                 with contextlib.suppress(Exception):  # with the broker gone, the ack wait does it
@@ -181,7 +186,7 @@ class Executor:
             # again once the broker is back, and resumes from its last checkpoint.
             log.warning("broker unreachable during the run; it will be redelivered", error=repr(err))
             with contextlib.suppress(Exception):  # with the broker gone, the ack wait does it
-                await msg.nak(delay=1.0)
+                await msg.nak(delay=_backoff(msg))
             raise _Redeliver from None
         except Exception as err:
             if deadline.expired():  # our deadline, not a TimeoutError of the graph's own
@@ -271,6 +276,13 @@ class Executor:
     async def _has_checkpoint_of(self, thread_id: str, run_id: str) -> bool:
         newest = await self.log.last(subjects.checkpoints(thread_id))
         return newest is not None and subjects.run_of(newest.subject) == run_id
+
+
+def _backoff(msg) -> float:
+    """Redelivery delay after the broker could not be reached: growing, so that the deliveries
+    THREADBUS_EXECUTOR_MAX_DELIVER allows outlast a cluster's leader election (seconds), not
+    only an executor crash."""
+    return float(min(2 ** (msg.metadata.num_delivered - 1), 30))
 
 
 def _awaiting(task: asyncio.Task) -> list[str]:

@@ -50,7 +50,11 @@ class Orchestrator:
         self.states: OrderedDict[str, ThreadState] = OrderedDict()
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.consuming: dict[int, object] = {}  # partition -> its push subscription
+        # partition -> the task that subscribes to it and holds the subscription; taking a
+        # partition over can take a while on a cluster electing leaders, and must not hold up the
+        # renewal of the other leases.
+        self.holding: dict[int, asyncio.Task] = {}
+        self.consuming: set[int] = set()  # partitions subscribed to
         # Bumped whenever partitions change hands: a state folded before may have missed events
         # another orchestrator appended, and must not be cached.
         self.epoch = 0
@@ -64,7 +68,7 @@ class Orchestrator:
         worker = asyncio.create_task(self._work())
         try:
             await self._balance(leases)
-            log.info("orchestrator consuming", name=self.name, partitions=sorted(self.consuming))
+            log.info("orchestrator consuming", name=self.name, partitions=sorted(self.holding))
             while not stop.is_set():
                 try:
                     await self._balance(leases)
@@ -73,7 +77,7 @@ class Orchestrator:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.orchestrator_lease_s / 3)
         finally:
-            for partition in list(self.consuming):
+            for partition in list(self.holding):
                 await self._stop_consuming(partition)
             with contextlib.suppress(Exception):  # with the broker gone, the leases expire instead
                 await leases.leave()
@@ -88,37 +92,64 @@ class Orchestrator:
             await self._stop_consuming(partition)
         wanted = await leases.fair_share()
         for partition in await leases.acquire(wanted):
-            await self._consume(partition)
+            self.holding[partition] = asyncio.create_task(self._hold(partition), name=f"partition-{partition}")
         for partition in leases.surplus(wanted):
             await self._stop_consuming(partition)
             await leases.release(partition)
             log.info("partition handed back", partition=partition)
-        metrics.PARTITIONS_HELD.set(len(self.consuming))
+        metrics.PARTITIONS_HELD.set(len(self.holding))
 
-    async def _consume(self, partition: int) -> None:
-        js = self.nc.jetstream()
-        durable = f"{broker.ORCHESTRATOR_CONSUMER}-p{partition}"
+    async def _hold(self, partition: int) -> None:
+        """Subscribes to the partition, retrying while the broker cannot answer, and holds the
+        subscription until cancelled."""
+        start = None
+        while True:
+            try:
+                if start is None:
+                    start = await self._resume_point(partition)
+                sub = await self._subscribe(partition, start)
+                break
+            except (*broker.UNREACHABLE, nats.js.errors.APIError) as err:
+                log.warning("partition not subscribed yet; trying again", partition=partition, error=repr(err))
+                await asyncio.sleep(1.0)
+        self.consuming.add(partition)
         try:
-            info = await js.consumer_info(subjects.THREAD_STREAM, durable)
-            # Nothing acknowledged since it was last created: its floor reads 0, its start holds.
-            start = max(info.ack_floor.stream_seq + 1, info.config.opt_start_seq or 1)
-            await js.delete_consumer(subjects.THREAD_STREAM, durable)
+            await asyncio.Event().wait()
+        finally:
+            self.consuming.discard(partition)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _resume_point(self, partition: int) -> int:
+        """The first event of the partition its previous holder did not acknowledge; the
+        previous holder's consumer is deleted, so that it delivers nothing more."""
+        js = self.nc.jetstream()
+        try:
+            info = await js.consumer_info(subjects.THREAD_STREAM, _durable(partition))
         except nats.js.errors.NotFoundError:
-            start = 1
+            return 1
+        # Nothing acknowledged since it was last created: its floor reads 0, its start holds.
+        start = max(info.ack_floor.stream_seq + 1, info.config.opt_start_seq or 1)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_consumer(subjects.THREAD_STREAM, _durable(partition))
+        return start
+
+    async def _subscribe(self, partition: int, start: int):
+        js = self.nc.jetstream()
+        durable = _durable(partition)
         deliver = f"_TB.deliver.orchestrator.p{partition}.{self.name}"
         info = await js.add_consumer(subjects.THREAD_STREAM, broker.orchestrator_consumer(partition, deliver, start))
-        self.consuming[partition] = await js.subscribe_bind(
-            subjects.THREAD_STREAM, info.config, durable, cb=self._enqueue, manual_ack=True
-        )
+        sub = await js.subscribe_bind(subjects.THREAD_STREAM, info.config, durable, cb=self._enqueue, manual_ack=True)
         self._forget_states()
         log.info("partition taken", partition=partition, from_seq=start)
+        return sub
 
     async def _stop_consuming(self, partition: int) -> None:
-        sub = self.consuming.pop(partition, None)
-        if sub is None:
+        task = self.holding.pop(partition, None)
+        if task is None:
             return
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         self._forget_states()
 
     def _forget_states(self) -> None:
@@ -225,6 +256,10 @@ class Orchestrator:
         self.states.move_to_end(state.thread_id)
         while len(self.states) > _CACHE_SIZE:
             self.states.popitem(last=False)
+
+
+def _durable(partition: int) -> str:
+    return f"{broker.ORCHESTRATOR_CONSUMER}-p{partition}"
 
 
 def _count(state: ThreadState, decision: contracts.Event) -> None:
