@@ -10,6 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import nats
+
+from threadbus import verify
 from threadbus.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,3 +77,24 @@ class ThreadbusProcess:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+async def assert_all_succeeded(client, runs: list[tuple[str, str]], timeout: float = 120.0) -> None:
+    """Each (thread, run) ends, with status success."""
+    import asyncio
+
+    async with asyncio.timeout(timeout):
+        for tid, run_id in runs:
+            await client.runs.join(tid, run_id)
+    statuses = {(await client.runs.get(tid, run_id))["status"] for tid, run_id in runs}
+    assert statuses == {"success"}, statuses
+
+
+async def assert_verified(servers, threads: list[str]) -> None:
+    """The threads' logs pass ``threadbus verify``, with no run left in flight."""
+    nc = await nats.connect(servers)
+    try:
+        report = await verify.verify(nc, threads)
+    finally:
+        await nc.close()
+    assert report.ok and not report.in_flight(), report.format()

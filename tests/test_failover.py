@@ -12,6 +12,7 @@ import itertools
 import os
 import signal
 import time
+from contextlib import asynccontextmanager
 
 import httpx
 import nats
@@ -19,8 +20,9 @@ import pytest
 from langgraph_sdk import get_client
 
 from contracts import subjects
+from tests.support import assert_all_succeeded, assert_verified
 from tests.test_zombie import LEASE_S, Cluster, log_records, said, wait_logged
-from threadbus import broker, verify
+from threadbus import broker
 from threadbus.threadlog import ThreadLog
 
 QUICK = {"configurable": {"delay": 0.05}}
@@ -87,18 +89,10 @@ async def partition_of_thread(nc, tid: str) -> int:
     return subjects.partition_of(entries[0].subject)
 
 
-async def all_ended_right(client, nc, load: Load, threads: list[str]) -> None:
-    async with asyncio.timeout(90):
-        for tid, run_id in load.accepted:
-            await client.runs.join(tid, run_id)
-    statuses = {(await client.runs.get(tid, run_id))["status"] for tid, run_id in load.accepted}
-    assert statuses == {"success"}, statuses
-    report = await verify.verify(nc, threads)
-    assert report.ok and not report.in_flight(), report.format()
-
-
-@pytest.mark.timeout(240)
-async def test_the_orchestrator_of_a_thread_is_killed_under_load_and_another_takes_over(tmp_path):
+@asynccontextmanager
+async def two_orchestrators(tmp_path):
+    """(the cluster, a broker connection, an SDK client, orchestrator name -> process), once the
+    two orchestrators share the partitions."""
     cluster = Cluster(tmp_path, orchestrators=2)
     try:
         await cluster.start()
@@ -106,6 +100,22 @@ async def test_the_orchestrator_of_a_thread_is_killed_under_load_and_another_tak
         client = get_client(url=cluster.gateway.url, timeout=httpx.Timeout(15, read=60))
         names = {name_of(p): p for p in cluster.orchestrators}
         await balanced(nc, set(names))
+        try:
+            yield cluster, nc, client, names
+        finally:
+            await nc.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+async def all_ended_right(cluster: Cluster, client, load: Load, threads: list[str]) -> None:
+    await assert_all_succeeded(client, load.accepted, timeout=90)
+    await assert_verified(cluster.nats.url, threads)
+
+
+@pytest.mark.timeout(240)
+async def test_the_orchestrator_of_a_thread_is_killed_under_load_and_another_takes_over(tmp_path):
+    async with two_orchestrators(tmp_path) as (cluster, nc, client, names):
         threads = [(await client.threads.create())["thread_id"] for _ in range(12)]
 
         with Load(client, threads) as load:
@@ -135,21 +145,12 @@ async def test_the_orchestrator_of_a_thread_is_killed_under_load_and_another_tak
         taken = {r["partition"] for r in log_records(survivor.log_path) if r.get("event") == "partition taken"}
         assert set(victims_partitions) <= taken
         assert set((await holders(nc)).values()) == {name_of(survivor)}
-        await all_ended_right(client, nc, load, threads)
-        await nc.close()
-    finally:
-        await asyncio.to_thread(cluster.stop)
+        await all_ended_right(cluster, client, load, threads)
 
 
 @pytest.mark.timeout(240)
 async def test_a_frozen_orchestrator_is_deposed_and_wakes_up_without_deciding(tmp_path):
-    cluster = Cluster(tmp_path, orchestrators=2)
-    try:
-        await cluster.start()
-        nc = await nats.connect(cluster.nats.url)
-        client = get_client(url=cluster.gateway.url, timeout=httpx.Timeout(15, read=60))
-        names = {name_of(p): p for p in cluster.orchestrators}
-        await balanced(nc, set(names))
+    async with two_orchestrators(tmp_path) as (cluster, nc, client, names):
         threads = [(await client.threads.create())["thread_id"] for _ in range(8)]
 
         with Load(client, threads) as load:
@@ -166,7 +167,4 @@ async def test_a_frozen_orchestrator_is_deposed_and_wakes_up_without_deciding(tm
 
         # Then the two share the partitions again, and everything accepted ended right.
         await balanced(nc, set(names))
-        await all_ended_right(client, nc, load, threads)
-        await nc.close()
-    finally:
-        await asyncio.to_thread(cluster.stop)
+        await all_ended_right(cluster, client, load, threads)

@@ -17,6 +17,7 @@ from langgraph_sdk import get_client
 
 import contracts
 from contracts import subjects
+from tests.support import assert_all_succeeded, assert_verified
 from tests.test_zombie import Cluster, contents, said, wait_logged
 from threadbus import verify
 from threadbus.embedded import EmbeddedNats
@@ -88,17 +89,8 @@ async def test_every_accepted_run_ends_after_the_broker_is_killed_and_restarted(
         await asyncio.gather(*(send(tid, 200 + i) for i, tid in enumerate(threads)))
 
         assert len(accepted) >= 20
-        async with asyncio.timeout(120):
-            for tid, run_id in accepted:
-                await client.runs.join(tid, run_id)
-        statuses = [(await client.runs.get(tid, run_id))["status"] for tid, run_id in accepted]
-        assert set(statuses) == {"success"}, statuses
-        nc = await nats.connect(restarted.url)
-        try:
-            report = await verify.verify(nc, threads)
-            assert report.ok and not report.in_flight(), report.format()
-        finally:
-            await nc.close()
+        await assert_all_succeeded(client, accepted)
+        await assert_verified(restarted.url, threads)
     finally:
         await asyncio.to_thread(cluster.stop)
 

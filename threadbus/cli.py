@@ -91,6 +91,13 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _log_tasks)
+
+
+def _log_tasks() -> None:
+    """On SIGUSR1: every task and where it waits, one line each, for a process that looks stuck."""
+    for task in asyncio.all_tasks():
+        log.info("task", name=task.get_name(), waiting_in=logs.awaiting(task))
 
 
 async def _run_one(name: str, settings: Settings) -> None:

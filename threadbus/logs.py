@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -26,6 +27,15 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     )
     # uvicorn and nats log through the standard library; keep them on the same stream and level.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+
+
+def awaiting(task: asyncio.Task) -> list[str]:
+    """The chain of coroutines a task is suspended in, outermost first."""
+    chain, coro = [], task.get_coro()
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        chain.append(f"{coro.cr_code.co_name} ({coro.cr_code.co_filename.rsplit('/', 1)[-1]}:{coro.cr_frame.f_lineno})")
+        coro = coro.cr_await
+    return chain
 
 
 def get(name: str) -> structlog.stdlib.BoundLogger:

@@ -3,10 +3,13 @@
 Every thread is an append-only sequence of events in the ``TB_THREADS`` stream (subject layout
 in :mod:`contracts.subjects`). Four verbs, with exact semantics:
 
-``read(filter, after=seq)``
+``read(filter, after=seq, through=seq)``
     Every stored message on ``filter`` with a stream sequence greater than ``after``, oldest
     first, fetched with batched direct gets (no consumer is created). A snapshot: messages
-    appended while it runs may or may not be included.
+    appended while it runs may or may not be included. On a replicated stream any replica
+    answers a direct get, and a follower may not have applied the newest appends yet; a caller
+    that knows the log holds sequence ``through`` on ``filter`` (it was delivered that event)
+    gets a read that includes it, asked again until a replica has caught up.
 
 ``append(subject, payload, msg_id=..., expect=seq, expect_filter=...)``
     Stores one message and returns its stream sequence. ``msg_id`` is deterministic, so a retry
@@ -49,6 +52,7 @@ from threadbus import broker
 WRONG_LAST_SEQUENCE = 10071
 LAST_SEQUENCE_IN_FLIGHT = 10164  # "wrong last sequence" from a clustered stream, without a sequence
 _IN_FLIGHT_TRIES = 12  # about 1.5 s of asking again
+_CATCH_UP_TRIES = 9  # about 5 s for a lagging replica
 _BATCH = 256
 
 
@@ -93,7 +97,16 @@ class ThreadLog:
         self.attempts = attempts
 
     # -- read ---------------------------------------------------------------------------------
-    async def read(self, filter_subject: str, after: int = 0) -> list[Entry]:
+    async def read(self, filter_subject: str, after: int = 0, through: int = 0) -> list[Entry]:
+        for attempt in range(_CATCH_UP_TRIES):
+            entries = await self._read(filter_subject, after)
+            if not through or (entries and entries[-1].seq >= through):
+                return entries
+            await asyncio.sleep(0.01 * 2**attempt)
+        # A replica that stays behind for this long is as good as no answer.
+        raise nats.errors.TimeoutError
+
+    async def _read(self, filter_subject: str, after: int) -> list[Entry]:
         out: list[Entry] = []
         start = after + 1
         while True:

@@ -95,7 +95,7 @@ class Executor:
         handed_back = [(task, tasks[task]) for task in unfinished]
         for task, _ in handed_back:
             # Where it waits tells a stuck run from a slow graph.
-            log.info("run unfinished at the end of the grace period", run_id=subjects.run_of(tasks[task].subject), waiting_in=_awaiting(task))
+            log.info("run unfinished at the end of the grace period", run_id=subjects.run_of(tasks[task].subject), waiting_in=logs.awaiting(task))
             task.cancel()
         await asyncio.gather(*(task for task, _ in handed_back), return_exceptions=True)
         for _, msg in handed_back:
@@ -140,7 +140,7 @@ class Executor:
             await msg.ack()
 
     async def _execute_run(self, msg, thread_id: str, run_id: str, started_seq: int) -> None:
-        entries = await self.log.read(subjects.run_control(thread_id, run_id))
+        entries = await self.log.read(subjects.run_control(thread_id, run_id), through=started_seq)
         if not entries or entries[-1].seq != started_seq:
             # Cancelled, finished or compacted since it was started: nothing to execute.
             await self._confirm_stop(thread_id, run_id)
@@ -283,15 +283,6 @@ def _backoff(msg) -> float:
     THREADBUS_EXECUTOR_MAX_DELIVER allows outlast a cluster's leader election (seconds), not
     only an executor crash."""
     return float(min(2 ** (msg.metadata.num_delivered - 1), 30))
-
-
-def _awaiting(task: asyncio.Task) -> list[str]:
-    """The chain of coroutines a task is suspended in, outermost first."""
-    chain, coro = [], task.get_coro()
-    while coro is not None and getattr(coro, "cr_frame", None) is not None:
-        chain.append(f"{coro.cr_code.co_name} ({coro.cr_code.co_filename.rsplit('/', 1)[-1]}:{coro.cr_frame.f_lineno})")
-        coro = coro.cr_await
-    return chain
 
 
 def _outcome_label(outcome: contracts.Event) -> str:

@@ -40,6 +40,7 @@ log = logs.get("threadbus.orchestrator")
 _CACHE_SIZE = 50_000
 _MAX_BATCH = 512
 _RETRY_DELAY_S = 0.5
+_STALL_CHECK_S = 3.0
 
 
 class Orchestrator:
@@ -55,9 +56,11 @@ class Orchestrator:
         # renewal of the other leases.
         self.holding: dict[int, asyncio.Task] = {}
         self.consuming: set[int] = set()  # partitions subscribed to
+        self.received: defaultdict[int, int] = defaultdict(int)  # partition -> events pushed to us
         # Bumped whenever partitions change hands: a state folded before may have missed events
         # another orchestrator appended, and must not be cached.
         self.epoch = 0
+        self.replicated = False  # read from the thread stream's configuration at start
         # Computed when scraped: an up-to-date sum would cost a pass over every thread per event.
         metrics.QUEUED_RUNS.set_function(lambda: sum(len(s.queue) for s in self.states.values()))
         metrics.DEEPEST_QUEUE.set_function(lambda: max((len(s.queue) for s in self.states.values()), default=0))
@@ -65,6 +68,7 @@ class Orchestrator:
     async def run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
         leases = Leases(await js.key_value(broker.LEASES_BUCKET), self.name)
+        self.replicated = (await js.stream_info(subjects.THREAD_STREAM)).config.num_replicas > 1
         worker = asyncio.create_task(self._work())
         try:
             await self._balance(leases)
@@ -101,24 +105,43 @@ class Orchestrator:
 
     async def _hold(self, partition: int) -> None:
         """Subscribes to the partition, retrying while the broker cannot answer, and holds the
-        subscription until cancelled."""
+        subscription until cancelled; subscribes again if the consumer stops pushing."""
+        while True:
+            sub = await self._subscribe_retrying(partition)
+            self.consuming.add(partition)
+            try:
+                await self._until_stalled(partition)
+            finally:
+                self.consuming.discard(partition)
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            log.warning("partition consumer stopped pushing; subscribing again", partition=partition)
+
+    async def _subscribe_retrying(self, partition: int):
         start = None
         while True:
             try:
                 if start is None:
                     start = await self._resume_point(partition)
-                sub = await self._subscribe(partition, start)
-                break
+                return await self._subscribe(partition, start)
             except (*broker.UNREACHABLE, nats.js.errors.APIError) as err:
                 log.warning("partition not subscribed yet; trying again", partition=partition, error=repr(err))
                 await asyncio.sleep(1.0)
-        self.consuming.add(partition)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            self.consuming.discard(partition)
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+
+    async def _until_stalled(self, partition: int) -> None:
+        """Returns once the partition's consumer has events for us but pushed nothing for a
+        while. Seen on a cluster that lost the consumer's leader: the new leader may not resume
+        a push consumer that was waiting on flow control, and nats-py does not notice."""
+        js = self.nc.jetstream()
+        while True:
+            seen = self.received[partition]
+            await asyncio.sleep(_STALL_CHECK_S)
+            try:
+                info = await js.consumer_info(subjects.THREAD_STREAM, _durable(partition))
+            except (*broker.UNREACHABLE, nats.js.errors.APIError):
+                continue  # the broker cannot tell now; neither can we
+            if self.received[partition] == seen and (info.num_pending or not info.push_bound):
+                return
 
     async def _resume_point(self, partition: int) -> int:
         """The first event of the partition its previous holder did not acknowledge; the
@@ -157,6 +180,7 @@ class Orchestrator:
         self.states.clear()
 
     async def _enqueue(self, msg) -> None:
+        self.received[subjects.partition_of(msg.subject)] += 1
         self.inbox.put_nowait(msg)
 
     def _requeue(self, msgs: list) -> None:
@@ -191,7 +215,7 @@ class Orchestrator:
             epoch = self.epoch
             state = self.states.get(thread_id)
             if state is None:
-                state = await self._load(thread_id)
+                state = await self._load(thread_id, through=max(m.metadata.sequence.stream for m in msgs))
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 if seq <= state.seq:
@@ -206,8 +230,11 @@ class Orchestrator:
             if epoch == self.epoch:
                 self._remember(state)
 
-    async def _load(self, thread_id: str) -> ThreadState:
-        entries = await self.log.read(subjects.thread_control(thread_id))
+    async def _load(self, thread_id: str, through: int = 0) -> ThreadState:
+        """The thread's state folded from its log, which holds at least sequence ``through``: a
+        state folded from a lagging replica and then fed a newer event would pass the
+        expected-sequence check with a gap in its view."""
+        entries = await self.log.read(subjects.thread_control(thread_id), through=through)
         events = list(_decoded(entries))
         await self._finish_compactions(thread_id, events)
         return fold(ThreadState(thread_id=thread_id), events)
@@ -226,8 +253,8 @@ class Orchestrator:
             if isinstance(event, contracts.RunRolledBack):
                 await self.log.compact(thread_id, event.run_id, below=seq)
 
-    async def _catch_up(self, state: ThreadState) -> ThreadState:
-        entries = await self.log.read(subjects.thread_control(state.thread_id), after=state.seq)
+    async def _catch_up(self, state: ThreadState, through: int) -> ThreadState:
+        entries = await self.log.read(subjects.thread_control(state.thread_id), after=state.seq, through=through)
         return fold(state, _decoded(entries))
 
     async def _settle(self, state: ThreadState) -> ThreadState:
@@ -235,16 +262,24 @@ class Orchestrator:
         while (decision := next_decision(state, self.settings.paused_thread_input)) is not None:
             try:
                 seq = await self.log.append_event(decision, expect=state.seq, scope="thread")
-            except Conflict:
+            except Conflict as conflict:
                 conflicts += 1
-                caught_up = await self._catch_up(state)
+                newest = conflict.last_seq if conflict.last_seq and conflict.last_seq > state.seq else 0
+                caught_up = await self._catch_up(state, through=newest)
                 if caught_up.seq == state.seq or conflicts > 3:
                     # Nothing newer to read, yet the check failed: our view is wrong; rebuild it.
-                    caught_up = await self._load(state.thread_id)
+                    caught_up = await self._load(state.thread_id, through=newest)
                 state = caught_up
                 continue
             _count(state, decision)
-            state = evolve(state, decision, seq)
+            if self.replicated:
+                # A replicated stream checks the expectation against what it has applied, so an
+                # append by another writer still replicating (an executor's outcome on another
+                # run's subject) can land just before ours, unseen: fold what the log holds up to
+                # our decision instead, or that event would be skipped as already seen.
+                state = await self._catch_up(state, through=seq)
+            else:
+                state = evolve(state, decision, seq)
             run_id = getattr(decision, "run_id", None)
             log.info("decided", decision=type(decision).__name__, run_id=run_id, seq=seq, **_details(decision))
             if isinstance(decision, contracts.RunRolledBack):
