@@ -25,6 +25,7 @@ from langgraph_sdk import get_client
 from langgraph_sdk.errors import ConflictError, NotFoundError
 
 from contracts import subjects
+from tests.support import assert_verified
 from threadbus import verify
 from threadbus.threadlog import ThreadLog
 
@@ -232,12 +233,7 @@ async def test_two_thousand_runs_on_two_hundred_threads_with_mixed_strategies(se
     )
     assert not unexpected, unexpected[:20]
 
-    nc = await nats.connect(nats_url)
-    try:
-        report = await verify.verify(nc, threads)
-    finally:
-        await nc.close()
-    assert report.ok and not report.in_flight(), report.format()
+    await assert_verified(nats_url, threads)
     statuses: Counter = Counter()
     for run_id, (tid, _) in accepted.items():
         try:
