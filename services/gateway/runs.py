@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from contextlib import AsyncExitStack
 from typing import Literal
@@ -87,10 +86,9 @@ async def _sse_body(b, run: dict, stack: AsyncExitStack, chunks, events, options
             yield piece
         finished = True
     finally:
-        await stack.aclose()
-        if not finished and cancel_on_disconnect:
-            # The client went away and asked for its run to go with it.
-            await asyncio.shield(b.request_cancel(thread_id, run_id, "interrupt"))
+        # The client went away and asked for its run to go with it.
+        cancel = b.request_cancel(thread_id, run_id, "interrupt") if not finished and cancel_on_disconnect else None
+        await streams.release(stack, first=cancel)
 
 
 @router.post("/threads/{thread_id}/runs/stream")

@@ -117,6 +117,28 @@ async def open_chunks(js, thread_id: str, run_id: str | None, after_seq: int, st
     return queue
 
 
+_closing: set[asyncio.Task] = set()
+
+
+async def release(stack: AsyncExitStack, first: Any = None) -> None:
+    """Closes what a stream response opened (its consumers), after awaiting ``first`` if given,
+    in a task of its own. When a client goes away the response task is being cancelled, and anyio
+    cancels every await it makes from then on: done in that task, a cancel asked for on
+    disconnect would never be sent and the consumers would stay on the server."""
+
+    async def close() -> None:
+        try:
+            if first is not None:
+                await first
+        finally:
+            await stack.aclose()
+
+    task = asyncio.create_task(close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    await asyncio.shield(task)
+
+
 async def last_seq(js, thread_id: str, run_id: str | None) -> int:
     try:
         msg = await js.get_last_msg(subjects.RUN_STREAM, subjects.run_stream(thread_id, run_id), direct=True)

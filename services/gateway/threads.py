@@ -136,7 +136,7 @@ async def join_stream(
         raise
 
     async def body():
-        async with stack:
+        try:
             async for piece in streams.thread_relay(
                 b.js,
                 thread_id,
@@ -149,6 +149,8 @@ async def join_stream(
                 thread_values=lambda: b.values_of(thread_id),
             ):
                 yield piece
+        finally:
+            await streams.release(stack)
 
     return StreamingResponse(
         body(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
