@@ -185,7 +185,11 @@ async def test_two_clients_resume_the_same_pause_at_once(client):
 
     async def resume(answer):
         try:
-            return await client.runs.wait(tid, "pausing", command={"resume": answer}, multitask_strategy="reject")
+            # The resumed run lasts a second: the other request meets it in flight, however the
+            # two are scheduled.
+            return await client.runs.wait(
+                tid, "pausing", command={"resume": answer}, multitask_strategy="reject", config={"configurable": {"delay": 1.0}}
+            )
         except Exception as err:  # runs.wait raises httpx.HTTPStatusError
             return err
 

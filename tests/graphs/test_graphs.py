@@ -29,8 +29,10 @@ _failing.add_edge("explode", END)
 failing = _failing.compile()
 
 
-def ask(state: Chat) -> dict:
+async def ask(state: Chat, config) -> dict:
     answer = interrupt({"question": "approve?"})
+    # A resumed run that takes a while, for tests that need it still in flight.
+    await asyncio.sleep(config["configurable"].get("delay", 0))
     return {"messages": [AIMessage(content=f"approved: {answer}")]}
 
 
