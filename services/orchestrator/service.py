@@ -71,13 +71,15 @@ class Orchestrator:
         self.replicated = (await js.stream_info(subjects.THREAD_STREAM)).config.num_replicas > 1
         worker = asyncio.create_task(self._work())
         try:
-            await self._balance(leases)
-            log.info("orchestrator consuming", name=self.name, partitions=sorted(self.holding))
+            started = False
             while not stop.is_set():
                 try:
                     await self._balance(leases)
                 except broker.UNREACHABLE as err:
                     log.warning("leases not renewed; trying again", error=repr(err))
+                if not started:
+                    started = True
+                    log.info("orchestrator consuming", name=self.name, partitions=sorted(self.holding))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.orchestrator_lease_s / 3)
         finally:
