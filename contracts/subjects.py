@@ -48,7 +48,7 @@ DEADLETTER_PREFIX = "tb.deadletter"
 # Fixed for the life of a stream: changing it would move threads between partitions.
 PARTITIONS = 16
 
-_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
+_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
 # Event type name -> the last subject token of a control event.
 EVENT_TOKENS = {
@@ -70,7 +70,7 @@ EVENT_TOKENS = {
 
 
 def token(value: str) -> str:
-    if _SAFE.match(value):
+    if _SAFE.fullmatch(value):  # not match: "$" also matches before a final newline
         return value
     return "~" + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
 

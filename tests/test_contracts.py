@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import contracts
@@ -40,6 +40,7 @@ def test_a_foreign_producer_may_omit_defaults():
 
 
 @given(st.text())
+@example("0\n")  # a regex "$" matches before a final newline: found by this test once
 def test_tokens_are_reversible_and_subject_safe(value):
     token = subjects.token(value)
     assert subjects.untoken(token) == value

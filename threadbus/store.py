@@ -52,7 +52,7 @@ from threadbus import broker
 # behave exactly as they do in-process.
 from langgraph.store.memory import _compare_values, _does_match
 
-_PLAIN = re.compile(r"^[A-Za-z0-9_-]+$")
+_PLAIN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class StoreConflict(RuntimeError):
@@ -65,7 +65,7 @@ class SemanticSearchNotBuilt(NotImplementedError):
 
 def part(label: str) -> str:
     """One namespace label or key as a KV key token: as is when plain, else ``=`` + base64url."""
-    if _PLAIN.match(label):
+    if _PLAIN.fullmatch(label):  # not match: "$" also matches before a final newline
         return label
     return "=" + base64.urlsafe_b64encode(label.encode()).decode().rstrip("=")
 
