@@ -136,6 +136,15 @@ class ThreadLog:
         finally:
             await sub.unsubscribe()
 
+    async def exists(self, seq: int) -> bool:
+        """Whether the stream still holds ``seq`` (not purged), asked of the stream's leader
+        rather than of a replica that may lag."""
+        try:
+            await self.js.get_msg(self.stream, seq)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
     async def last(self, filter_subject: str) -> Entry | None:
         """The newest stored message on ``filter_subject`` (wildcards allowed), or None."""
         try:

@@ -140,7 +140,11 @@ class Executor:
             await msg.ack()
 
     async def _execute_run(self, msg, thread_id: str, run_id: str, started_seq: int) -> None:
-        entries = await self.log.read(subjects.run_control(thread_id, run_id), through=started_seq)
+        control = subjects.run_control(thread_id, run_id)
+        entries = await self.log.read(control)
+        if (not entries or entries[-1].seq < started_seq) and await self.log.exists(started_seq):
+            # A replica that has not applied the RunStarted yet answered: ask until one has.
+            entries = await self.log.read(control, through=started_seq)
         if not entries or entries[-1].seq != started_seq:
             # Cancelled, finished or compacted since it was started: nothing to execute.
             await self._confirm_stop(thread_id, run_id)
