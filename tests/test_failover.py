@@ -90,9 +90,9 @@ async def partition_of_thread(nc, tid: str) -> int:
 
 
 @asynccontextmanager
-async def two_orchestrators(tmp_path):
-    """(the cluster, a broker connection, an SDK client, orchestrator name -> process), once the
-    two orchestrators share the partitions."""
+async def two_orchestrators(tmp_path, threads: int):
+    """(the cluster, a broker connection, an SDK client, orchestrator name -> process, the ids of
+    ``threads`` new threads), once the two orchestrators share the partitions."""
     cluster = Cluster(tmp_path, orchestrators=2)
     try:
         await cluster.start()
@@ -100,8 +100,9 @@ async def two_orchestrators(tmp_path):
         client = get_client(url=cluster.gateway.url, timeout=httpx.Timeout(15, read=60))
         names = {name_of(p): p for p in cluster.orchestrators}
         await balanced(nc, set(names))
+        thread_ids = [(await client.threads.create())["thread_id"] for _ in range(threads)]
         try:
-            yield cluster, nc, client, names
+            yield cluster, nc, client, names, thread_ids
         finally:
             await nc.close()
     finally:
@@ -115,8 +116,7 @@ async def all_ended_right(cluster: Cluster, client, load: Load, threads: list[st
 
 @pytest.mark.timeout(240)
 async def test_the_orchestrator_of_a_thread_is_killed_under_load_and_another_takes_over(tmp_path):
-    async with two_orchestrators(tmp_path) as (cluster, nc, client, names):
-        threads = [(await client.threads.create())["thread_id"] for _ in range(12)]
+    async with two_orchestrators(tmp_path, threads=12) as (cluster, nc, client, names, threads):
 
         with Load(client, threads) as load:
             await asyncio.sleep(2)
@@ -150,8 +150,7 @@ async def test_the_orchestrator_of_a_thread_is_killed_under_load_and_another_tak
 
 @pytest.mark.timeout(240)
 async def test_a_frozen_orchestrator_is_deposed_and_wakes_up_without_deciding(tmp_path):
-    async with two_orchestrators(tmp_path) as (cluster, nc, client, names):
-        threads = [(await client.threads.create())["thread_id"] for _ in range(8)]
+    async with two_orchestrators(tmp_path, threads=8) as (cluster, nc, client, names, threads):
 
         with Load(client, threads) as load:
             await asyncio.sleep(1)
