@@ -36,6 +36,8 @@ from threadbus.threadlog import Conflict, ThreadLog
 
 log = logs.get("threadbus.executor")
 
+_STATELESS_LINGER_S = 1.0
+
 
 class _Redeliver(Exception):
     """The run's message was nak'ed to be delivered again: do not acknowledge it."""
@@ -50,6 +52,7 @@ class Executor:
         self.saver = JetStreamSaver(self.log)
         self.active: dict[str, asyncio.Task] = {}
         self.cancelled: set[str] = set()
+        self.deleting: set[asyncio.Task] = set()  # stateless runs' threads, deleted a moment later
 
     async def run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
@@ -81,6 +84,7 @@ class Executor:
                 task.add_done_callback(lambda t: (tasks.pop(t, None), slots.release()))
         finally:
             await self._hand_back(tasks)
+            await asyncio.gather(*self.deleting, return_exceptions=True)
             await cancels.unsubscribe()
             await psub.unsubscribe()
 
@@ -213,7 +217,18 @@ class Executor:
         await self._finish(outcome, started_seq)
         # A stateless run's thread goes with it; with a webhook, once the webhook has been called.
         if requested.kwargs.temporary and not requested.kwargs.webhook:
+            task = asyncio.create_task(self._delete_soon(thread_id))
+            self.deleting.add(task)
+            task.add_done_callback(self.deleting.discard)
+
+    async def _delete_soon(self, thread_id: str) -> None:
+        # The client waiting on a stateless run follows the run's events in the thread's log;
+        # deleted at once, they could be purged before its consumer delivered them.
+        await asyncio.sleep(_STATELESS_LINGER_S)
+        try:
             await self.log.delete_thread(thread_id)
+        except Exception as err:  # the thread stays; it is deleted like any other, over HTTP
+            log.warning("stateless run's thread not deleted", thread_id=thread_id, error=repr(err))
 
     async def _finish(self, outcome: contracts.Event, started_seq: int) -> None:
         try:
