@@ -34,9 +34,15 @@ async def _create(request: Request, thread_id: str, body: RunCreate, *, temporar
 async def _wait(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> JSONResponse:
     b = backend(request)
     run_request = await b.prepare_run(thread_id, body, temporary=temporary)
+    outcome = None
     async with b.run_events(thread_id, run_request.run_id) as events:
         run = await b.submit(run_request, events)
-        outcome = await views.outcome(events)
+        if events.ag_frame is not None:  # not ended by the decision timeout
+            outcome = await views.outcome(events)
+    if outcome is None:
+        # No decision came in time, and the timeout ended that reader: follow the run afresh.
+        async with b.run_events(thread_id, run_request.run_id) as events:
+            outcome = await views.outcome(events)
     return JSONResponse(await b.result_values(thread_id, outcome), headers=_location(run, join=True))
 
 
