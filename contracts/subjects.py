@@ -197,4 +197,3 @@ def thread_of(subject: str) -> str:
 def run_of(subject: str) -> str | None:
     parts = published_tokens(subject)
     return untoken(parts[4]) if parts[3] == "run" else None
-

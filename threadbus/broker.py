@@ -213,11 +213,15 @@ async def _check_layout(js) -> None:
         )
 
 
+def orchestrator_durable(partition: int) -> str:
+    return f"{ORCHESTRATOR_CONSUMER}-p{partition}"
+
+
 def orchestrator_consumer(partition: int, deliver_subject: str, start_seq: int) -> ConsumerConfig:
     """The consumer of one partition's control events, (re)created by whichever orchestrator
     holds the partition's lease, from the first event its predecessor did not acknowledge."""
     return ConsumerConfig(
-        durable_name=f"{ORCHESTRATOR_CONSUMER}-p{partition}",
+        durable_name=orchestrator_durable(partition),
         filter_subject=subjects.all_control(partition),
         # Push, so that decisions are taken the moment an event lands; a subject of the owner's
         # own, so that a deposed owner still subscribed hears nothing.
@@ -262,16 +266,18 @@ async def _bootstrap(nc: NATS, settings: Settings) -> None:
     )
     for cfg in consumers:
         await js.add_consumer(subjects.THREAD_STREAM, cfg)
-    for bucket in (THREADS_BUCKET, ASSISTANTS_BUCKET, ASSISTANT_VERSIONS_BUCKET, STORE_BUCKET, CRONS_BUCKET):
-        try:
-            await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            await js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=16, storage=StorageType.FILE, replicas=settings.replicas)
-            )
+    buckets = [
+        KeyValueConfig(bucket=bucket, history=16, storage=StorageType.FILE, replicas=settings.replicas)
+        for bucket in (THREADS_BUCKET, ASSISTANTS_BUCKET, ASSISTANT_VERSIONS_BUCKET, STORE_BUCKET, CRONS_BUCKET)
+    ]
     # Partition leases and orchestrator presence: an entry not renewed within the lease expires.
-    leases = KeyValueConfig(bucket=LEASES_BUCKET, history=1, ttl=settings.orchestrator_lease_s, storage=StorageType.FILE, replicas=settings.replicas)
-    try:
-        await js.key_value(LEASES_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        await js.create_key_value(leases)
+    buckets.append(
+        KeyValueConfig(
+            bucket=LEASES_BUCKET, history=1, ttl=settings.orchestrator_lease_s, storage=StorageType.FILE, replicas=settings.replicas
+        )
+    )
+    for config in buckets:
+        try:
+            await js.key_value(config.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_key_value(config)

@@ -132,8 +132,11 @@ class Executor:
             except _Redeliver:
                 return
             except broker.UNREACHABLE as err:
-                log.warning("broker unreachable while ending the run; it will be redelivered", error=repr(err))
-                with contextlib.suppress(Exception):
+                # The broker went away during the run or while ending it: the run is not over.
+                # Unacknowledged, it is delivered again once the broker is back, and resumes from
+                # its last checkpoint.
+                log.warning("broker unreachable; the run will be redelivered", error=repr(err))
+                with contextlib.suppress(Exception):  # with the broker gone, the ack wait does it
                     await msg.nak(delay=_backoff(msg))
                 return
             except Exception:
@@ -189,13 +192,8 @@ class Executor:
                 await msg.nak(delay=0.25)
                 raise _Redeliver from None
             return
-        except broker.UNREACHABLE as err:
-            # The broker went away mid-run: the run is not over. Unacknowledged, it is delivered
-            # again once the broker is back, and resumes from its last checkpoint.
-            log.warning("broker unreachable during the run; it will be redelivered", error=repr(err))
-            with contextlib.suppress(Exception):  # with the broker gone, the ack wait does it
-                await msg.nak(delay=_backoff(msg))
-            raise _Redeliver from None
+        except broker.UNREACHABLE:
+            raise  # not the graph failing: the run is redelivered (_execute)
         except Exception as err:
             if deadline.expired():  # our deadline, not a TimeoutError of the graph's own
                 log.warning("run timed out", timeout_s=self.settings.run_timeout_s)

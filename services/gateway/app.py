@@ -53,14 +53,13 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
 
     @app.exception_handler(InvalidNamespaceError)
     async def invalid_namespace(request: Request, exc: InvalidNamespaceError):
-        return JSONResponse({"detail": [{"loc": ["body", "namespace"], "msg": str(exc), "type": "value_error"}]}, status_code=422)
+        return JSONResponse({"detail": _error_list(str(exc), ["body", "namespace"])}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         detail = exc.detail
         if exc.status_code == 422 and isinstance(detail, str):
-            # Every 422 has the one documented shape, a list of errors, whoever raised it.
-            detail = [{"loc": [], "msg": detail, "type": "value_error"}]
+            detail = _error_list(detail)
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     def connected() -> bool:
@@ -89,6 +88,11 @@ def _custom_auth(graphs: GraphRegistry):
     """The ``langgraph_sdk.Auth`` object that ``auth.path`` in langgraph.json names, if any."""
     path = (graphs.raw.get("auth") or {}).get("path")
     return graphs.resolve(path) if path else None
+
+
+def _error_list(message: str, loc: list[str] | None = None) -> list[dict]:
+    """One error in the shape the API document promises for every 422, whoever raised it."""
+    return [{"loc": loc or [], "msg": message, "type": "value_error"}]
 
 
 def _jsonable_errors(errors):

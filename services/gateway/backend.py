@@ -17,7 +17,6 @@ from typing import Any
 import nats.js.errors
 import orjson
 from fastapi import HTTPException
-from fastapi.exceptions import RequestValidationError
 from nats.aio.client import Client as NATS
 
 import contracts
@@ -48,10 +47,7 @@ def check_uuid(value: str, what: str) -> str:
     try:
         uuid.UUID(value)
     except ValueError:
-        # In the shape of every other 422, the one the API document promises.
-        raise RequestValidationError(
-            [{"type": "uuid_parsing", "loc": [f"{what}_id"], "msg": f"Invalid {what} ID: must be a UUID", "input": value}]
-        ) from None
+        raise HTTPException(422, f"Invalid {what} ID: must be a UUID") from None
     return value
 
 

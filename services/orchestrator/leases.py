@@ -92,4 +92,3 @@ class Leases:
         for partition in list(self.held):
             await self.release(partition)
         await self.kv.delete(_MEMBER + self.name)
-

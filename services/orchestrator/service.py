@@ -3,9 +3,10 @@
 Threads are spread over partitions; an orchestrator consumes the control events of the
 partitions whose lease it holds (:mod:`services.orchestrator.leases`), each from a durable
 ``orchestrator-p<k>`` consumer that it recreates on taking the partition over, starting at the
-first event the previous holder did not acknowledge. Messages that are waiting are taken together, grouped by thread, and the threads are handled
-concurrently, each in log order. A thread's state is cached in memory and rebuilt from its log
-on first sight, so a restart loses nothing (DESIGN invariant 6).
+first event the previous holder did not acknowledge. Messages that are waiting are taken
+together, grouped by thread, and the threads are handled concurrently, each in log order. A
+thread's state is cached in memory and rebuilt from its log on first sight, so a restart loses
+nothing (DESIGN invariant 6).
 
 Decisions are appended one at a time with an expected-sequence check over the thread's control
 events: if anything was appended since the state was folded, the append is refused, the state
@@ -139,7 +140,7 @@ class Orchestrator:
             seen = self.received[partition]
             await asyncio.sleep(_STALL_CHECK_S)
             try:
-                info = await js.consumer_info(subjects.THREAD_STREAM, _durable(partition))
+                info = await js.consumer_info(subjects.THREAD_STREAM, broker.orchestrator_durable(partition))
             except (*broker.UNREACHABLE, nats.js.errors.APIError):
                 continue  # the broker cannot tell now; neither can we
             if self.received[partition] == seen and (info.num_pending or not info.push_bound):
@@ -149,19 +150,20 @@ class Orchestrator:
         """The first event of the partition its previous holder did not acknowledge; the
         previous holder's consumer is deleted, so that it delivers nothing more."""
         js = self.nc.jetstream()
+        durable = broker.orchestrator_durable(partition)
         try:
-            info = await js.consumer_info(subjects.THREAD_STREAM, _durable(partition))
+            info = await js.consumer_info(subjects.THREAD_STREAM, durable)
         except nats.js.errors.NotFoundError:
             return 1
         # Nothing acknowledged since it was last created: its floor reads 0, its start holds.
         start = max(info.ack_floor.stream_seq + 1, info.config.opt_start_seq or 1)
         with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_consumer(subjects.THREAD_STREAM, _durable(partition))
+            await js.delete_consumer(subjects.THREAD_STREAM, durable)
         return start
 
     async def _subscribe(self, partition: int, start: int):
         js = self.nc.jetstream()
-        durable = _durable(partition)
+        durable = broker.orchestrator_durable(partition)
         deliver = f"_TB.deliver.orchestrator.p{partition}.{self.name}"
         info = await js.add_consumer(subjects.THREAD_STREAM, broker.orchestrator_consumer(partition, deliver, start))
         sub = await js.subscribe_bind(subjects.THREAD_STREAM, info.config, durable, cb=self._enqueue, manual_ack=True)
@@ -293,10 +295,6 @@ class Orchestrator:
         self.states.move_to_end(state.thread_id)
         while len(self.states) > _CACHE_SIZE:
             self.states.popitem(last=False)
-
-
-def _durable(partition: int) -> str:
-    return f"{broker.ORCHESTRATOR_CONSUMER}-p{partition}"
 
 
 def _count(state: ThreadState, decision: contracts.Event) -> None:
