@@ -16,7 +16,7 @@ import msgspec
 
 import contracts
 from contracts import subjects
-from services.orchestrator.decider import ThreadState, evolve
+from threadbus.thread_state import ThreadState, evolve
 from threadbus.jsonable import jsonable
 from threadbus.threadlog import ThreadLog
 

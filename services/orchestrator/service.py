@@ -30,7 +30,8 @@ from nats.aio.client import Client as NATS
 
 import contracts
 from contracts import subjects
-from services.orchestrator.decider import ThreadState, evolve, fold, next_decision
+from services.orchestrator.decider import next_decision
+from threadbus.thread_state import ThreadState, evolve, fold
 from services.orchestrator.leases import Leases
 from threadbus import broker, logs, metrics
 from threadbus.settings import Settings
