@@ -10,6 +10,7 @@ from services.gateway.domain.threads import Threads
 from threadbus import broker
 from threadbus.checkpointer import JetStreamSaver
 from threadbus.graphs import GraphRegistry
+from threadbus.read_model.database import Database
 from threadbus.settings import Settings
 from threadbus.store import open_store
 from threadbus.threadlog import ThreadLog
@@ -25,6 +26,10 @@ class Backend:
         self.saver = JetStreamSaver(self.log)
 
     async def start(self) -> None:
+        if not self.settings.database_url:
+            raise RuntimeError("THREADBUS_DATABASE_URL is not set: the gateway answers reads from the read model's PostgreSQL")
+        self.db = Database(self.settings.database_url)
+        await self.db.open()
         await broker.bootstrap(self.nc, self.settings)
         self.assistants = Assistants(
             self.graphs, await self.js.key_value(broker.ASSISTANTS_BUCKET), await self.js.key_value(broker.ASSISTANT_VERSIONS_BUCKET)
@@ -33,3 +38,6 @@ class Backend:
         self.runs = Runs(self.log, self.settings, self.assistants, self.threads)
         self.store = await open_store(self.js, self.graphs.raw)
         await self.assistants.register_graphs()
+
+    async def stop(self) -> None:
+        await self.db.close()
