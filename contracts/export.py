@@ -103,6 +103,25 @@ def asyncapi() -> dict:
     }
 
 
+def inline_schema(event_type: type) -> dict:
+    """The event's JSON Schema as in its file, with its ``$defs`` references replaced by what they
+    name: the form a document that embeds it (FastStream's AsyncAPI) can carry."""
+    schema = msgspec.json.schema(event_type)
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
 def render() -> dict[str, str]:
     files = {}
     for event_type in event_types():

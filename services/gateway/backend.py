@@ -23,7 +23,7 @@ import contracts
 from contracts import subjects
 from services.gateway import auth, views
 from services.gateway.models import AssistantCreate, AssistantPatch, RunCreate, ThreadCreate
-from threadbus import broker, logs
+from threadbus import broker, logs, runrequest
 from threadbus.checkpointer import JetStreamSaver
 from threadbus.graphs import GraphRegistry, assistant_id_for
 from threadbus.settings import Settings
@@ -33,6 +33,8 @@ from threadbus.threadlog import ThreadLog
 log = logs.get("threadbus.gateway")
 
 IN_FLIGHT = ("pending", "running")
+# A rejection's HTTP status; the unknown_* ones only when a record vanished after the gateway's own check.
+_REJECTION_STATUS = {"not_paused": 400, "unknown_assistant": 404, "unknown_thread": 404}
 
 
 def iso_now() -> str:
@@ -53,14 +55,6 @@ def check_uuid(value: str, what: str) -> str:
 
 def matches(record: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
     return not wanted or all(record.get(k) == v for k, v in wanted.items())
-
-
-def merge_config(base: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any]:
-    merged = {**(base or {}), **(override or {})}
-    configurable = {**((base or {}).get("configurable") or {}), **((override or {}).get("configurable") or {})}
-    if configurable:
-        merged["configurable"] = configurable
-    return merged
 
 
 def _owned(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -282,7 +276,7 @@ class Backend:
         return sorted(found, key=lambda a: a["created_at"], reverse=True)
 
     async def graph_for(self, assistant: dict[str, Any], config: dict[str, Any] | None = None):
-        return await self.graphs.build(assistant["graph_id"], merge_config(assistant.get("config"), config))
+        return await self.graphs.build(assistant["graph_id"], runrequest.merge_config(assistant.get("config"), config))
 
     # -- threads ------------------------------------------------------------------------------
     async def thread_record(self, thread_id: str) -> dict[str, Any]:
@@ -458,30 +452,25 @@ class Backend:
                     raise HTTPException(404, "Thread or assistant not found.") from None
                 await self.create_thread(ThreadCreate(thread_id=thread_id, if_exists="do_nothing"))
             await self._remember_graph(thread_id, assistant)
-        stream_mode = body.stream_mode or ["values"]
-        config = merge_config(assistant.get("config"), body.config)
-        return contracts.RunRequested(
-            thread_id=thread_id,
-            run_id=run_id or str(uuid.uuid4()),
-            assistant_id=assistant["assistant_id"],
-            graph_id=assistant["graph_id"],
-            multitask_strategy=body.multitask_strategy or "enqueue",
-            metadata={**(assistant.get("metadata") or {}), **(body.metadata or {}), "assistant_id": assistant["assistant_id"]},
-            kwargs=contracts.RunKwargs(
-                input=body.input,
-                command=body.command.model_dump(exclude_none=True) if body.command else None,
-                config=config,
-                context={**(assistant.get("context") or {}), **(body.context or {})},
-                stream_mode=[stream_mode] if isinstance(stream_mode, str) else list(stream_mode),
-                interrupt_before=body.interrupt_before or config.get("interrupt_before"),
-                interrupt_after=body.interrupt_after or config.get("interrupt_after"),
-                checkpoint_id=body.checkpoint_id,
-                checkpoint=body.checkpoint,
-                webhook=body.webhook,
-                subgraphs=body.stream_subgraphs,
-                resumable=body.stream_resumable,
-                temporary=temporary,
-            ),
+        return runrequest.build(
+            thread_id,
+            assistant,
+            run_id=run_id,
+            multitask_strategy=body.multitask_strategy,
+            metadata=body.metadata,
+            config=body.config,
+            context=body.context,
+            stream_mode=body.stream_mode,
+            interrupt_before=body.interrupt_before,
+            interrupt_after=body.interrupt_after,
+            input=body.input,
+            command=body.command.model_dump(exclude_none=True) if body.command else None,
+            checkpoint_id=body.checkpoint_id,
+            checkpoint=body.checkpoint,
+            webhook=body.webhook,
+            subgraphs=body.stream_subgraphs,
+            resumable=body.stream_resumable,
+            temporary=temporary,
         )
 
     async def _remember_graph(self, thread_id: str, assistant: dict[str, Any]) -> None:
@@ -506,7 +495,7 @@ class Backend:
                 async for event in events:
                     if isinstance(event, contracts.RunRejected):
                         log.info("run rejected", thread_id=request.thread_id, run_id=request.run_id, reason=event.reason)
-                        raise HTTPException(400 if event.reason == "not_paused" else 409, event.detail)
+                        raise HTTPException(_REJECTION_STATUS.get(event.reason, 409), event.detail)
                     if isinstance(event, contracts.RunAccepted):
                         break
         except TimeoutError:

@@ -51,6 +51,8 @@ async def thread_runs(log: ThreadLog, thread_id: str) -> ThreadRuns:
             continue
         view.state = evolve(view.state, event, entry.seq)
         match event:
+            case contracts.RunRequested() if event.run_id in view.runs:
+                pass  # the same request published again: decided once (evolve), shown once
             case contracts.RunRequested():
                 view.runs[event.run_id] = RunRecord(requested=event, updated_at=event.at)
             case contracts.ThreadDeleted():

@@ -137,7 +137,11 @@ def evolve(state: ThreadState, event: Event, seq: int | None = None) -> ThreadSt
     if seq is not None:
         state = replace(state, seq=seq)
     match event:
-        case RunRequested():
+        case RunRequested(run_id=run_id):
+            # The same request again (published twice, beyond the stream's duplicate window) is
+            # decided once: a run id the thread already has, or is about to answer, is not new.
+            if run_id in state.statuses or any(isinstance(c, RunRequested) and c.run_id == run_id for c in state.inbox):
+                return state
             return replace(state, inbox=state.inbox + (event,))
         case RunCancelRequested(run_id=run_id):
             # A cancel is moot unless the run is in flight at this point of the log.

@@ -33,6 +33,7 @@ from contracts import subjects
 from services.orchestrator.decider import ThreadState, evolve, fold, next_decision
 from services.orchestrator.leases import Leases
 from threadbus import broker, logs, metrics
+from threadbus.admission import Admission
 from threadbus.settings import Settings
 from threadbus.threadlog import Conflict, ThreadLog
 
@@ -49,6 +50,7 @@ class Orchestrator:
         self.nc = nc
         self.settings = settings
         self.log = ThreadLog(nc)
+        self.admission = Admission(nc.jetstream())
         self.states: OrderedDict[str, ThreadState] = OrderedDict()
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -263,7 +265,14 @@ class Orchestrator:
 
     async def _settle(self, state: ThreadState) -> ThreadState:
         conflicts = 0
+        refusals: dict[str, contracts.RunRejected | None] = {}  # run id -> asked once per settling
         while (decision := next_decision(state, self.settings.paused_thread_input)) is not None:
+            if (request := _answered_request(state)) is not None:
+                # Checked before any decision it causes: a request naming nothing that exists
+                # must not cancel the runs in flight (interrupt, rollback) on its way to a refusal.
+                if request.run_id not in refusals:
+                    refusals[request.run_id] = await self.admission.refusal(request)
+                decision = refusals[request.run_id] or decision
             try:
                 seq = await self.log.append_event(decision, expect=state.seq, scope="thread")
             except Conflict as conflict:
@@ -295,6 +304,14 @@ class Orchestrator:
         self.states.move_to_end(state.thread_id)
         while len(self.states) > _CACHE_SIZE:
             self.states.popitem(last=False)
+
+
+def _answered_request(state: ThreadState) -> contracts.RunRequested | None:
+    """The request the state's next decision answers (or cancels runs for), if it answers one:
+    compactions and cancel requests come first (``next_decision``)."""
+    if state.to_compact or not state.inbox or not isinstance(state.inbox[0], contracts.RunRequested):
+        return None
+    return state.inbox[0]
 
 
 def _count(state: ThreadState, decision: contracts.Event) -> None:
