@@ -64,6 +64,7 @@ class Orchestrator:
         # another orchestrator appended, and must not be cached.
         self.epoch = 0
         self.replicated = False  # read from the thread stream's configuration at start
+        self.balanced_once = False
         # Computed when scraped: an up-to-date sum would cost a pass over every thread per event.
         metrics.QUEUED_RUNS.set_function(lambda: sum(len(s.queue) for s in self.states.values()))
         metrics.DEEPEST_QUEUE.set_function(lambda: max((len(s.queue) for s in self.states.values()), default=0))
@@ -100,19 +101,24 @@ class Orchestrator:
             log.warning("partition lease lost", partition=partition)
             await self._stop_consuming(partition)
         wanted = await leases.fair_share()
+        # The partitions taken at start are listed once ("orchestrator consuming"); one taken
+        # later, from an orchestrator that left or died, is worth a line of its own.
+        at_start = not self.balanced_once
+        self.balanced_once = True
         for partition in await leases.acquire(wanted):
-            self.holding[partition] = asyncio.create_task(self._hold(partition), name=f"partition-{partition}")
+            self.holding[partition] = asyncio.create_task(self._hold(partition, at_start), name=f"partition-{partition}")
         for partition in leases.surplus(wanted):
             await self._stop_consuming(partition)
             await leases.release(partition)
             log.info("partition handed back", partition=partition)
         metrics.PARTITIONS_HELD.set(len(self.holding))
 
-    async def _hold(self, partition: int) -> None:
+    async def _hold(self, partition: int, at_start: bool = False) -> None:
         """Subscribes to the partition, retrying while the broker cannot answer, and holds the
         subscription until cancelled; subscribes again if the consumer stops pushing."""
         while True:
-            sub = await self._subscribe_retrying(partition)
+            sub = await self._subscribe_retrying(partition, at_start)
+            at_start = False
             self.consuming.add(partition)
             try:
                 await self._until_stalled(partition)
@@ -122,13 +128,13 @@ class Orchestrator:
                     await sub.unsubscribe()
             log.warning("partition consumer stopped pushing; subscribing again", partition=partition)
 
-    async def _subscribe_retrying(self, partition: int):
+    async def _subscribe_retrying(self, partition: int, at_start: bool):
         start = None
         while True:
             try:
                 if start is None:
                     start = await self._resume_point(partition)
-                return await self._subscribe(partition, start)
+                return await self._subscribe(partition, start, at_start)
             except (*broker.UNREACHABLE, nats.js.errors.APIError) as err:
                 log.warning("partition not subscribed yet; trying again", partition=partition, error=repr(err))
                 await asyncio.sleep(1.0)
@@ -163,14 +169,14 @@ class Orchestrator:
             await js.delete_consumer(subjects.THREAD_STREAM, durable)
         return start
 
-    async def _subscribe(self, partition: int, start: int):
+    async def _subscribe(self, partition: int, start: int, at_start: bool = False):
         js = self.nc.jetstream()
         durable = broker.orchestrator_durable(partition)
         deliver = f"_TB.deliver.orchestrator.p{partition}.{self.name}"
         info = await js.add_consumer(subjects.THREAD_STREAM, broker.orchestrator_consumer(partition, deliver, start))
         sub = await js.subscribe_bind(subjects.THREAD_STREAM, info.config, durable, cb=self._enqueue, manual_ack=True)
         self._forget_states()
-        log.info("partition taken", partition=partition, from_seq=start)
+        (log.debug if at_start else log.info)("partition taken", partition=partition, from_seq=start)
         return sub
 
     async def _stop_consuming(self, partition: int) -> None:
