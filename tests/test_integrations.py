@@ -141,14 +141,15 @@ async def test_the_approval_handler_in_faststreams_test_broker():
     assert recorder.resumes == [(tid, {"approved": True}, resume_run_id(question))]
 
 
-def start_sink(bus, path):
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "integrations" / "audit_sink.py"), str(path)],
-        env={**os.environ, "NATS_URL": bus[0], "THREADBUS_LOG_FORMAT": "json"},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start_sink(bus, path, log_path):
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / "integrations" / "audit_sink.py"), str(path)],
+            env={**os.environ, "NATS_URL": bus[0], "THREADBUS_LOG_FORMAT": "json"},
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def audited(path) -> list[dict]:
@@ -165,7 +166,8 @@ async def test_the_audit_sink_killed_midstream_writes_every_event_once_in_order(
         for i in range(rounds):
             await asyncio.gather(*(http.runs.wait(t, "echo", input=said(f"m{i}")) for t in threads))
 
-    sink = start_sink(bus, path)
+    sink_log = tmp_path / "sink.log"
+    sink = start_sink(bus, path, sink_log)
     try:
         producing = asyncio.create_task(traffic(6))
         await eventually(lambda: asyncio.sleep(0, result=len(audited(path)) >= 20))
@@ -173,7 +175,7 @@ async def test_the_audit_sink_killed_midstream_writes_every_event_once_in_order(
         sink.wait()
         await producing
         written_before = len(audited(path))
-        sink = start_sink(bus, path)
+        sink = start_sink(bus, path, sink_log)
         await traffic(2)
         log = ThreadLog(nc)
         expected = {t: [(e.seq, e.subject) for e in await log.read(subjects.thread_control(t))] for t in threads}
@@ -188,6 +190,8 @@ async def test_the_audit_sink_killed_midstream_writes_every_event_once_in_order(
         sink.send_signal(signal.SIGTERM)
         sink.wait(30)
 
+    lines = [json.loads(line) for line in sink_log.read_text().splitlines() if line.startswith("{")]
+    assert [r for r in lines if r["level"] in ("warning", "error")] == []
     records = audited(path)
     assert written_before < len(records)
     seqs = [r["seq"] for r in records]
@@ -266,5 +270,6 @@ def test_dev_starts_without_warnings_and_says_what_to_try(bus):
     assert [r for r in start if r.get("level") in ("warning", "error")] == []
     [banner] = [r for r in records if r.get("event") == "threadbus dev serving"]
     assert banner["url"] == bus[1].url and "pausing" in banner["graphs"]
-    assert any("examples/integrations" in command for command in banner["try"])
+    commands = [r["command"] for r in records if r.get("event") == "try"]
+    assert len(commands) == 2 and any("examples/integrations" in command for command in commands)
     assert sum(r.get("event") == "partition taken" for r in records) == 0  # listed once, when consuming

@@ -135,13 +135,9 @@ async def _run_dev(settings: Settings, data_dir: Path, nats_url: str | None) -> 
             asyncio.create_task(run_executor(settings, stop, graphs), name="executor"),
             asyncio.create_task(run_gateway(settings, stop, graphs), name="gateway"),
         ]
-        log.info(
-            "threadbus dev serving",
-            url=f"http://{settings.host}:{settings.port}",
-            graphs=graphs.ids(),
-            nats_url=settings.nats_url,
-            **{"try": _next_commands(settings)},
-        )
+        log.info("threadbus dev serving", url=f"http://{settings.host}:{settings.port}", graphs=graphs.ids(), nats_url=settings.nats_url)
+        for command in _next_commands(settings):
+            log.info("try", command=command)
         done, _ = await asyncio.wait(services, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         results = await asyncio.gather(*services, return_exceptions=True)

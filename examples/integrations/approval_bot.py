@@ -1,6 +1,6 @@
 """Approval bot: answers every human-in-the-loop question with a configured answer, over the bus.
 
-    .venv/bin/python examples/integrations/approval_bot.py --answer '"yes"'   # with `make dev` running
+    .venv/bin/python examples/integrations/approval_bot.py --answer yes   # with `make dev` running
 
 On each ``RunInterrupted`` that asks something (an ``interrupt()`` in the graph), it resumes the
 thread with ``Command(resume=<answer>)``: an ordinary ``RunRequested``, decided by the
@@ -54,14 +54,21 @@ def router(answer: Any) -> ThreadEvents:
     return events
 
 
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--answer", default='"approved"', help="the resume value, as JSON (default: \"approved\")")
+    parser.add_argument("--answer", default="approved", help="the resume value: JSON, or else a string (default: approved)")
     args = parser.parse_args()
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
     broker = connect(settings)
-    broker.include_router(router(json.loads(args.answer)))
+    broker.include_router(router(_value(args.answer)))
     log.info("approval bot answering", answer=args.answer, nats_url=settings.nats_url)
     asyncio.run(FastStream(broker, logger=None).run())
 

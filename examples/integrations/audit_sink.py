@@ -67,7 +67,7 @@ def router(audit: AuditFile) -> ThreadEvents:
     async def record(event: AnyThreadEvent, message: NatsMessage) -> None:
         raw = message.raw_message
         if audit.append(raw.metadata.sequence.stream, raw.subject, raw.data):
-            log.debug("audited", thread_id=event.thread_id, event=type(event).__name__, seq=raw.metadata.sequence.stream)
+            log.debug("audited", thread_id=event.thread_id, type=type(event).__name__, seq=raw.metadata.sequence.stream)
 
     return events
 

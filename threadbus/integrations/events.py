@@ -86,12 +86,14 @@ class ThreadEvents(NatsRouter):
 
 
 class _StructlogForFastStream:
-    """FastStream's service lines ("Received", "Processed", handler errors) as structlog events."""
+    """FastStream's own lines as structlog events: its notes ("Received", "Processed", "callback
+    ... is being executed") at debug level, its warnings and handler errors as they are."""
 
     def __init__(self) -> None:
         self._logger = logs.get("faststream")
 
     def log(self, level: int, msg: str, *args: Any, extra: dict | None = None, exc_info: Any = None, **kw: Any) -> None:
+        level = level if level >= logging.WARNING else logging.DEBUG
         fields = {k: v for k, v in (extra or {}).items() if v}
         if exc_info:
             fields["exc_info"] = exc_info
@@ -105,8 +107,8 @@ class _StructlogForFastStream:
 
 
 def connect(settings: Settings | None = None, **options: Any) -> NatsBroker:
-    """A FastStream broker on threadbus's NATS (``NATS_URL``, credentials and TLS settings). Its
-    per-message lines are logged at debug level; handler errors at error level."""
+    """A FastStream broker on threadbus's NATS (``NATS_URL``, credentials and TLS settings), logging
+    through structlog like the services."""
     settings = settings or Settings()
     return NatsBroker(
         servers=[s.strip() for s in settings.nats_url.split(",")],
