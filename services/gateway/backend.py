@@ -539,8 +539,9 @@ class Backend:
         return runs, views.run_object(runs.runs[run_id], status)
 
     async def cancel(self, thread_id: str, run_id: str, action: str, wait: bool) -> None:
-        _, run = await self.find_run(thread_id, run_id)
-        if run["status"] not in IN_FLIGHT:
+        runs, run = await self.find_run(thread_id, run_id)
+        # Not yet decided (pending only in name): the log ignores a cancel of a run not in flight.
+        if run["status"] not in IN_FLIGHT or run_id not in runs.state.statuses:
             raise HTTPException(
                 404,
                 "No matching runs to cancel. Please verify the thread ID and run IDs are correct,"

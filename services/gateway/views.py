@@ -35,7 +35,11 @@ class ThreadRuns:
     last_outcome: contracts.Event | None = None
 
     def status_of(self, run_id: str) -> str | None:
-        return self.state.statuses.get(run_id)
+        status = self.state.statuses.get(run_id)
+        if status is None and any(isinstance(c, contracts.RunRequested) and c.run_id == run_id for c in self.state.inbox):
+            # Requested and not decided yet: a run published on the bus, joined at once.
+            return "pending"
+        return status
 
     def run_objects(self) -> list[dict[str, Any]]:
         return [run_object(rec, self.state.statuses[rid]) for rid, rec in self.runs.items() if rid in self.state.statuses]
@@ -69,7 +73,7 @@ async def outcome(events: AsyncIterator[contracts.Event]) -> contracts.Event:
     """The event that ends a run, from the run's control events (read from the beginning)."""
     started = False
     async for event in events:
-        if isinstance(event, contracts.TERMINAL_EVENTS):
+        if isinstance(event, (*contracts.TERMINAL_EVENTS, contracts.RunRejected)):  # refused: nothing more comes
             return event
         if isinstance(event, contracts.RunStarted):
             started = True
