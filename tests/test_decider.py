@@ -33,15 +33,8 @@ from contracts.events import (
     RunStopped,
     RunSucceeded,
 )
-from services.orchestrator.decider import (
-    BUSY_DETAIL,
-    NOT_PAUSED_DETAIL,
-    PAUSED_DETAIL,
-    ThreadState,
-    decide,
-    evolve,
-    fold,
-)
+from services.orchestrator.decider import BUSY_DETAIL, NOT_PAUSED_DETAIL, PAUSED_DETAIL, decide
+from threadbus.thread_state import ThreadState, evolve, fold
 
 TID = "thread-1"
 STRATEGIES = ("reject", "enqueue", "interrupt", "rollback")

@@ -16,7 +16,7 @@ import msgspec
 
 import contracts
 from contracts import subjects
-from services.orchestrator.decider import ThreadState, evolve
+from threadbus.thread_state import ThreadState, evolve
 from threadbus.jsonable import jsonable
 from threadbus.threadlog import ThreadLog
 
@@ -35,11 +35,7 @@ class ThreadRuns:
     last_outcome: contracts.Event | None = None
 
     def status_of(self, run_id: str) -> str | None:
-        status = self.state.statuses.get(run_id)
-        if status is None and any(isinstance(c, contracts.RunRequested) and c.run_id == run_id for c in self.state.inbox):
-            # Requested and not decided yet: a run published on the bus, joined at once.
-            return "pending"
-        return status
+        return self.state.statuses.get(run_id)
 
     def run_objects(self) -> list[dict[str, Any]]:
         return [run_object(rec, self.state.statuses[rid]) for rid, rec in self.runs.items() if rid in self.state.statuses]
