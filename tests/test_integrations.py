@@ -89,6 +89,9 @@ async def test_the_approval_bot_resumes_a_paused_thread_once(bus, nc, http):
         await broker.stop()
     state = await http.threads.get_state(tid)
     assert state["values"]["messages"][-1]["content"] == "approved: yes"
+    # FastStream bound the thread log without redeclaring it (JStream(declare=False)).
+    config = (await nc.jetstream().stream_info(subjects.THREAD_STREAM)).config
+    assert config.allow_direct and config.allow_rollup_hdrs and config.allow_atomic and config.subject_transform
     assert (await http.threads.get(tid))["status"] == "idle"
 
     events = await control_events(nc, tid)
@@ -192,6 +195,8 @@ async def test_the_audit_sink_killed_midstream_writes_every_event_once_in_order(
 
     lines = [json.loads(line) for line in sink_log.read_text().splitlines() if line.startswith("{")]
     assert [r for r in lines if r["level"] in ("warning", "error")] == []
+    consumer = await nc.jetstream().consumer_info(subjects.THREAD_STREAM, audit_sink.DURABLE)
+    assert consumer.config.max_ack_pending == 1 and consumer.config.filter_subject == subjects.all_control()
     records = audited(path)
     assert written_before < len(records)
     seqs = [r["seq"] for r in records]
@@ -260,6 +265,9 @@ async def test_a_bus_request_naming_nothing_that_exists_is_rejected_with_a_reaso
         await requester.run(str(uuid.uuid4()), "echo", input=said("hi"))
     accepted = await requester.run(tid, "echo", input=said("over the bus"))
     assert (await http.runs.join(tid, accepted.run_id))["messages"][-1]["content"] == "echo: over the bus"
+    # As after POST /runs: the thread now runs that graph, and its state reads with it.
+    assert (await http.threads.get(tid))["metadata"]["graph_id"] == "echo"
+    assert (await http.threads.get_state(tid))["values"]["messages"][-1]["content"] == "echo: over the bus"
 
 
 def test_dev_starts_without_warnings_and_says_what_to_try(bus):

@@ -1,6 +1,7 @@
 """A ``RunRequested`` from an assistant's record and what the caller asked: one rule for the
 gateway (``POST /threads/{id}/runs``) and for integrations on the bus
-(:mod:`threadbus.integrations`), so that a run asked for either way runs the same.
+(:mod:`threadbus.integrations`), so that a run asked for either way runs the same. Both also
+record the graph in the thread's metadata (:func:`with_graph`), as LangGraph Platform does.
 
 The assistant's config, context and metadata are the defaults the request overrides
 (``configurable`` merged key by key, as LangGraph Platform does); the request records the
@@ -56,3 +57,13 @@ def build(
             **kwargs,
         ),
     )
+
+
+def with_graph(record: dict[str, Any], assistant: dict[str, Any], now: str) -> dict[str, Any] | None:
+    """The thread record with the assistant's graph and id in its metadata (``updated_at`` =
+    ``now``), or None when it says so already."""
+    wanted = {"graph_id": assistant["graph_id"], "assistant_id": assistant["assistant_id"]}
+    meta = record.get("metadata") or {}
+    if all(meta.get(k) == v for k, v in wanted.items()):
+        return None
+    return {**record, "metadata": {**meta, **wanted}, "updated_at": now}

@@ -3,7 +3,7 @@
 :class:`Requester` appends a ``RunRequested`` to the thread's log as ``POST
 /threads/{id}/runs`` does: the same checks (the thread exists, the assistant is a UUID or a graph
 of the deployment), the same request (the assistant's config, context and metadata under the
-caller's: :mod:`threadbus.runrequest`), the same deterministic message id
+caller's, the thread's graph recorded in its metadata: :mod:`threadbus.runrequest`), the same deterministic message id
 (``requested:<thread>:<run>``, so a retry is a duplicate, not a second run), and by default it
 waits for the orchestrator's decision and raises :class:`RunRefused` on a rejection. The
 orchestrator checks every request again (:mod:`threadbus.admission`): a request that slips past
@@ -81,6 +81,7 @@ class Requester:
         await self._thread(thread_id)
         assistant = await self._assistant(assistant_id)
         request = runrequest.build(thread_id, assistant, input=input, command=command, **fields)
+        await self._remember_graph(thread_id, assistant)
         return await self._submit(request, wait)
 
     async def resume(
@@ -94,6 +95,7 @@ class Requester:
             raise UnknownAssistant(f"thread {thread_id} has not run an assistant yet: name one")
         assistant = await self._assistant(assistant_id)
         request = runrequest.build(thread_id, assistant, command={"resume": answer}, **fields)
+        await self._remember_graph(thread_id, assistant)
         return await self._submit(request, wait)
 
     async def _submit(self, request: contracts.RunRequested, wait: bool) -> contracts.RunRequested:
@@ -113,6 +115,23 @@ class Requester:
             except TimeoutError:
                 pass  # in the log, and decided when an orchestrator gets to it
         return request
+
+    async def _remember_graph(self, thread_id: str, assistant: dict[str, Any]) -> None:
+        """The thread's graph in its record and in the log, as the gateway keeps it (state and
+        history reads build the thread's graph from it)."""
+        threads, _ = await self._kv()
+        for _ in range(10):
+            entry = await threads.get(thread_id)
+            updated = runrequest.with_graph(orjson.loads(entry.value), assistant, contracts.now().isoformat())
+            if updated is None:
+                return
+            try:
+                await threads.update(thread_id, orjson.dumps(updated), last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # changed meanwhile: read it again
+            await self.log.append_event(contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"]))
+            return
+        raise RuntimeError(f"thread {thread_id} is being updated concurrently; try again")
 
     async def _kv(self) -> tuple[Any, Any]:
         if self._buckets is None:
