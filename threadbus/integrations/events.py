@@ -31,8 +31,7 @@ from faststream.nats import JStream, NatsBroker, NatsRouter, PullSub
 from pydantic import PlainValidator, WithJsonSchema
 
 import contracts
-from contracts import subjects
-from contracts import export
+from contracts import export, subjects
 from contracts.export import inline_schema
 from threadbus import broker, logs
 from threadbus.settings import Settings
@@ -58,23 +57,13 @@ AnyThreadEvent = Annotated[
 """The annotation of a handler that takes every control event (``ThreadEvents.on()`` with no type)."""
 
 
-def filter_of(event_type: type) -> str:
-    """The stored subjects of one event type in every thread."""
-    name = event_type.__name__
-    if name.startswith("Thread"):
-        return f"{subjects.PREFIX}.*.*.meta.thread.{subjects.EVENT_TOKENS[name]}"
-    return subjects.outcome_any(name)
-
-
 class ThreadEvents(NatsRouter):
-    def on(self, *event_types: type, durable: str, **options: Any) -> Callable:
-        """Subscribe the decorated handler to the events of ``event_types`` (every control event
-        when none is given) from the durable consumer ``durable``, which is created on the broker if
-        it does not exist and otherwise resumes where it stopped. ``options`` go to FastStream's
-        ``subscriber`` (e.g. ``title``, ``description``, ``dependencies``)."""
-        if len(event_types) > 1:
-            raise TypeError("one event type per handler, or none for every control event")
-        subject = filter_of(event_types[0]) if event_types else subjects.all_control()
+    def on(self, event_type: type | None = None, *, durable: str, **options: Any) -> Callable:
+        """Subscribe the decorated handler to the events of ``event_type`` (every control event
+        when None) from the durable consumer ``durable``, which is created on the broker if it does
+        not exist and otherwise resumes where it stopped. ``options`` go to FastStream's
+        ``subscriber`` (``deliver_policy``, ``config``, ``title``, ``dependencies``, ...)."""
+        subject = subjects.all_control() if event_type is None else subjects.event_any(event_type.__name__)
         return self.subscriber(
             subject,
             stream=THREAD_LOG,
