@@ -76,6 +76,9 @@ async def test_the_approval_bot_resumes_a_paused_thread_once(bus, nc, http):
     broker.include_router(approval_bot.router("yes"))
     await broker.start()
     try:
+        # A message on its subject that is no contract event: kept aside, and the bot carries on.
+        poison_thread = str(uuid.uuid4())
+        await nc.jetstream().publish(subjects.control_event(poison_thread, str(uuid.uuid4()), "RunInterrupted"), b"{not json")
         tid = (await http.threads.create())["thread_id"]
         paused = await http.runs.wait(tid, "pausing", input=said("go"))
         assert paused["__interrupt__"]
@@ -89,6 +92,8 @@ async def test_the_approval_bot_resumes_a_paused_thread_once(bus, nc, http):
         await broker.stop()
     state = await http.threads.get_state(tid)
     assert state["values"]["messages"][-1]["content"] == "approved: yes"
+    dead = await nc.jetstream().get_last_msg(subjects.DEADLETTER_STREAM, subjects.dead_letter(approval_bot.DURABLE))
+    assert poison_thread in dead.headers["Threadbus-Subject"] and dead.headers["Threadbus-Reason"]
     # FastStream bound the thread log without redeclaring it (JStream(declare=False)).
     config = (await nc.jetstream().stream_info(subjects.THREAD_STREAM)).config
     assert config.allow_direct and config.allow_rollup_hdrs and config.allow_atomic and config.subject_transform

@@ -11,8 +11,10 @@ handler to the events of the given types in every thread, from a durable pull co
 - one message at a time (``PullSub(batch_size=1)``): FastStream runs a batch's handlers
   concurrently, which would break the log's order;
 - a handler that raises gets its message redelivered (``NACK_ON_ERROR``), it is not dropped;
-- the handler's argument is decoded by msgspec into the event's Struct (``contracts``), as the
-  services decode it; annotate it with :data:`AnyThreadEvent` to take every type.
+- the handler's argument is decoded by :func:`contracts.decode`, as the services decode it, into
+  the event's Struct; annotate it with :data:`AnyThreadEvent` to take every type. A message that
+  is not a contract event is dead-lettered (``TB_DEADLETTER``, under the durable's name) and
+  acknowledged, not redelivered forever.
 
 :func:`connect` makes the FastStream broker from threadbus's settings (servers, credentials,
 TLS) with its service lines on structlog; :func:`surface` is the router the integration AsyncAPI
@@ -27,6 +29,7 @@ from typing import Annotated, Any, get_args
 
 import msgspec
 from faststream import AckPolicy
+from faststream.exceptions import AckMessage
 from faststream.nats import JStream, NatsBroker, NatsRouter, PullSub
 from pydantic import PlainValidator, WithJsonSchema
 
@@ -70,8 +73,25 @@ class ThreadEvents(NatsRouter):
             durable=durable,
             pull_sub=PullSub(batch_size=1),
             ack_policy=AckPolicy.NACK_ON_ERROR,
+            decoder=_decoder(durable),
             **options,
         )
+
+
+def _decoder(service: str):
+    """Decodes a message as the services do (:func:`contracts.decode`). One that is not a
+    contract event is dead-lettered under ``service`` and acknowledged: redelivered, it would
+    fail again, forever."""
+
+    async def decode(message) -> contracts.Event:
+        try:
+            return contracts.decode(message.body)
+        except msgspec.DecodeError as err:
+            raw = message.raw_message
+            await broker.dead_letter(raw._client, service, raw, str(err))  # nats-py keeps the connection there
+            raise AckMessage from None
+
+    return decode
 
 
 class _StructlogForFastStream:
