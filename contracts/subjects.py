@@ -105,6 +105,12 @@ def run_control(thread_id: str, run_id: str) -> str:
     return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.*"
 
 
+def run_event(thread_id: str, run_id: str, type_name: str) -> str:
+    """The stored subject of one control event of a run: literal but for the partition, so a
+    last-by-subject get of it costs the same however long the thread's log is."""
+    return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.{EVENT_TOKENS[type_name]}"
+
+
 def run_all(thread_id: str, run_id: str) -> str:
     return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.>"
 
