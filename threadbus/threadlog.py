@@ -150,6 +150,16 @@ class ThreadLog:
             return False
         return True
 
+    async def at(self, seq: int) -> Entry | None:
+        """The message stored at ``seq``, or None when there is none (purged), asked of the
+        stream's leader."""
+        try:
+            msg = await self.js.get_msg(self.stream, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        h = msg.headers or {}
+        return Entry(seq=msg.seq, subject=msg.subject, data=msg.data or b"", msg_id=h.get("Nats-Msg-Id"), time=msg.time)
+
     async def last(self, filter_subject: str) -> Entry | None:
         """The newest stored message on ``filter_subject`` (wildcards allowed), or None."""
         try:

@@ -247,8 +247,15 @@ class Orchestrator:
                 self.unsaved[thread_id] = await self._snapshot(state, unsaved, deleted)
 
     async def _cold_start(self, thread_id: str, through: int) -> ThreadState:
-        """The thread's state from its snapshot and the log's tail after it."""
+        """The thread's state from its snapshot and the log's tail after it. A snapshot whose
+        sequence does not hold one of the thread's events is not of this log (a stream created
+        anew under the bucket) or its event was compacted away: the thread is folded from the start."""
         snapshot = await self.snapshots.load(thread_id)
+        if snapshot is not None and snapshot.seq:
+            event = await self.log.at(snapshot.seq)
+            if event is None or subjects.thread_of(event.subject) != thread_id:
+                log.info("snapshot does not match the log; folding the thread from the start", snapshot_seq=snapshot.seq)
+                return await self._load(thread_id, through)
         return await self._fold_tail(snapshot or ThreadState(thread_id=thread_id), through)
 
     async def _load(self, thread_id: str, through: int = 0) -> ThreadState:
