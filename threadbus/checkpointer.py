@@ -68,15 +68,6 @@ ROOT_NS = ""
 _FIRST_WINDOW = 64
 
 
-class _Pointer(msgspec.Struct, frozen=True):
-    """A head or a ref: which run's subject holds the checkpoint."""
-
-    run_id: str
-    checkpoint_id: str
-
-
-_decode_pointer = msgspec.json.Decoder(_Pointer).decode
-
 
 class RunSuperseded(Exception):
     """The orchestrator cancelled or compacted the run: its executor must stop writing."""
@@ -403,7 +394,9 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         """Appends the checkpoint's ref and its namespace's head. Either may land before the
         checkpoint is acknowledged or, after a crash, without it: a reader that finds a pointer
         with no checkpoint behind it looks the slow way, which is never wrong."""
-        pointer = msgspec.json.encode(_Pointer(run_id=run, checkpoint_id=checkpoint_id))
+        pointer = contracts.encode(
+            contracts.CheckpointPointer(thread_id=thread_id, run_id=run, checkpoint_ns=ns, checkpoint_id=checkpoint_id)
+        )
         await asyncio.gather(
             self._append(subjects.checkpoint_ref(thread_id, ns, checkpoint_id), pointer, str(uuid.uuid4())),
             self._append(subjects.checkpoint_head(thread_id, ns), pointer, str(uuid.uuid4())),
@@ -412,7 +405,7 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
     async def _newest(self, thread_id: str, ns: str) -> Entry | None:
         head = await self.log.last(subjects.checkpoint_heads(thread_id, ns))
         if head is not None:
-            pointer = _decode_pointer(head.data)
+            pointer = head.event()
             entry = await self.log.last(subjects.stored_checkpoint(thread_id, pointer.run_id, ns, pointer.checkpoint_id))
             if entry is not None:
                 return entry
@@ -424,10 +417,11 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
     async def _by_id(self, thread_id: str, ns: str | None, checkpoint_id: str) -> Entry | None:
         ref = await self.log.last(subjects.checkpoint_refs(thread_id, ns, checkpoint_id))
         if ref is not None:
-            pointer = _decode_pointer(ref.data)
-            ref_ns = subjects.untoken(subjects.published_tokens(ref.subject)[5])
+            pointer = ref.event()
             # Gone when rolled back or deleted: saved again, it would have a newer ref.
-            return await self.log.last(subjects.stored_checkpoint(thread_id, pointer.run_id, ref_ns, checkpoint_id))
+            return await self.log.last(
+                subjects.stored_checkpoint(thread_id, pointer.run_id, pointer.checkpoint_ns, checkpoint_id)
+            )
         if await self._has_pointers(thread_id):
             return None
         return await self.log.last(subjects.checkpoints(thread_id, ns, checkpoint_id))
