@@ -69,6 +69,7 @@ EVENT_TOKENS = {
     "RunFailed": "failed",
     "RunInterrupted": "interrupted",
     "RunRolledBack": "rolledback",
+    "RunDeleted": "run_deleted",
     "ThreadCreated": "created",
     "ThreadUpdated": "updated",
     "ThreadDeleted": "deleted",
@@ -184,6 +185,11 @@ def checkpoint_refs(thread_id: str, ns: str | None = None, checkpoint_id: str | 
 def stored_checkpoint(thread_id: str, run_id: str, ns: str, checkpoint_id: str) -> str:
     """One checkpoint as stored, literal but for the partition."""
     return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.ckpt.{token(ns)}.{token(checkpoint_id)}"
+
+
+def partition_checkpoints(partition: int) -> str:
+    """Stored checkpoints of every thread of one partition."""
+    return f"{PREFIX}.*.{partition}.run.*.ckpt.>"
 
 
 def writes_record(thread_id: str, run_id: str, ns: str, checkpoint_id: str, task_id: str) -> str:

@@ -22,6 +22,7 @@ from threadbus.embedded import EmbeddedNats
 from threadbus.settings import Settings
 from threadbus.thread_state import ThreadState, fold
 from threadbus.threadlog import ThreadLog
+from tests.support import database_for
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +34,35 @@ def own_nats(tmp_path_factory):
 
 
 @pytest.fixture
-async def nc(own_nats):
+def settings(own_nats) -> Settings:
+    settings = Settings()
+    settings.database_url = database_for(own_nats)
+    return settings
+
+
+@pytest.fixture
+async def nc(own_nats, settings):
     conn = await nats.connect(own_nats)
-    await bootstrap(conn, Settings())
+    await bootstrap(conn, settings)
     yield conn
     await conn.drain()
 
 
-@contextlib.asynccontextmanager
-async def orchestrating(nc):
-    stop = asyncio.Event()
-    task = asyncio.create_task(Orchestrator(nc, Settings()).run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
+@pytest.fixture
+def orchestrating(nc, settings):
+    """Runs an orchestrator for the duration of a ``with`` block."""
+
+    @contextlib.asynccontextmanager
+    async def running():
+        stop = asyncio.Event()
+        task = asyncio.create_task(Orchestrator(nc, settings).run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    return running
 
 
 async def control_events(log: ThreadLog, thread_id: str) -> list[tuple[int, contracts.Event]]:
@@ -70,19 +84,19 @@ def request(thread_id: str, run_id: str) -> contracts.RunRequested:
     return contracts.RunRequested(thread_id=thread_id, run_id=run_id, assistant_id="a", graph_id="g")
 
 
-async def a_running_run(nc, log: ThreadLog, thread_id: str) -> str:
+async def a_running_run(orchestrating, log: ThreadLog, thread_id: str) -> str:
     first = str(uuid.uuid4())
-    async with orchestrating(nc):
+    async with orchestrating():
         await log.append_event(request(thread_id, first))
         await until(log, thread_id, has(contracts.RunStarted, first))
     return first
 
 
-async def second_run_waits_for_the_first(nc, log: ThreadLog, thread_id: str, first: str) -> None:
+async def second_run_waits_for_the_first(orchestrating, log: ThreadLog, thread_id: str, first: str) -> None:
     """With the first run still running, an enqueued second one is accepted but not started; it
     starts once the first has ended."""
     second = str(uuid.uuid4())
-    async with orchestrating(nc):
+    async with orchestrating():
         await log.append_event(request(thread_id, second))
         await until(log, thread_id, has(contracts.RunAccepted, second))
         await asyncio.sleep(0.5)  # time to make a wrong decision, if it were going to
@@ -93,9 +107,9 @@ async def second_run_waits_for_the_first(nc, log: ThreadLog, thread_id: str, fir
     assert started > ended
 
 
-async def test_a_stale_snapshot_costs_a_longer_tail_not_a_wrong_decision(nc, thread_id):
+async def test_a_stale_snapshot_costs_a_longer_tail_not_a_wrong_decision(nc, orchestrating, thread_id):
     log = ThreadLog(nc)
-    first = await a_running_run(nc, log, thread_id)
+    first = await a_running_run(orchestrating, log, thread_id)
     # What the thread was before its run started: a true, older state.
     events = await control_events(log, thread_id)
     accepted = next(i for i, (_, e) in enumerate(events) if isinstance(e, contracts.RunAccepted))
@@ -103,12 +117,12 @@ async def test_a_stale_snapshot_costs_a_longer_tail_not_a_wrong_decision(nc, thr
     assert stale.queue == (first,) and stale.running is None
     await Snapshots(nc.jetstream()).save(stale)
 
-    await second_run_waits_for_the_first(nc, log, thread_id, first)
+    await second_run_waits_for_the_first(orchestrating, log, thread_id, first)
 
 
-async def test_a_snapshot_that_is_not_of_this_log_is_dropped_and_the_thread_refolded(nc, thread_id):
+async def test_a_snapshot_that_is_not_of_this_log_is_dropped_and_the_thread_refolded(nc, orchestrating, thread_id):
     log = ThreadLog(nc)
-    first = await a_running_run(nc, log, thread_id)
+    first = await a_running_run(orchestrating, log, thread_id)
     # An idle state at a sequence that holds another thread's event (a stream created anew under
     # the bucket would look like this): believed, it would start the next run beside the first.
     other = str(uuid.uuid4())
@@ -116,16 +130,16 @@ async def test_a_snapshot_that_is_not_of_this_log_is_dropped_and_the_thread_refo
     snapshots = Snapshots(nc.jetstream())
     await snapshots.save(ThreadState(thread_id=thread_id, seq=foreign_seq))
 
-    await second_run_waits_for_the_first(nc, log, thread_id, first)
+    await second_run_waits_for_the_first(orchestrating, log, thread_id, first)
     refolded = await snapshots.load(thread_id)
     assert refolded is None or refolded.seq != foreign_seq
 
 
-async def test_a_deleted_threads_snapshot_is_dropped(nc, thread_id):
+async def test_a_deleted_threads_snapshot_is_dropped(nc, orchestrating, thread_id):
     log = ThreadLog(nc)
     snapshots = Snapshots(nc.jetstream())
     run_id = str(uuid.uuid4())
-    async with orchestrating(nc):
+    async with orchestrating():
         await log.append_event(request(thread_id, run_id))
         await until(log, thread_id, has(contracts.RunStarted, run_id))
         await log.append_event(contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, values={}))

@@ -149,7 +149,7 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         if start is not None:
             top = start.seq if before_id is None else start.seq - 1
         else:
-            top = (await self.log.js.stream_info(self.log.stream)).state.last_seq
+            top = await self.log.last_seq()
         source = subjects.checkpoints(thread_id, ns)
         seen: set[tuple[str, str, str]] = set()
         remaining, window = limit, max(_FIRST_WINDOW, 4 * (limit or 0))
