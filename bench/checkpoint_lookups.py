@@ -55,7 +55,7 @@ async def fill(js, thread_id: str, checkpoints: int) -> tuple[str, str, int]:
     return run, ckpt, acks[-3].seq if acks else 0
 
 
-async def p50(fn, reps: int = 300) -> float:
+async def p50(fn, reps: int = 1000) -> float:
     times = []
     for _ in range(reps):
         start = time.perf_counter()

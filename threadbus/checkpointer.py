@@ -141,19 +141,20 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
                     yield await self._tuple(entry, event, metadata)
             return
         # The walk starts at the newest sequence that can hold a wanted checkpoint.
-        start = None
-        if before_id is not None:
-            start = await self._by_id(thread_id, ns, before_id)
-        elif ns is not None:
-            start = await self._newest(thread_id, ns)
+        start = await self._by_id(thread_id, ns, before_id) if before_id is not None else None
         if start is not None:
-            top = start.seq if before_id is None else start.seq - 1
+            top = start.seq - 1
+        elif ns is not None:
+            newest = await self._newest(thread_id, ns)
+            if newest is None:
+                return
+            top = newest.seq
         else:
             top = await self.log.last_seq()
         source = subjects.checkpoints(thread_id, ns)
         seen: set[tuple[str, str, str]] = set()
-        remaining, window = limit, max(_FIRST_WINDOW, 4 * (limit or 0))
-        while top > 0:
+        remaining, window, floor = limit, max(_FIRST_WINDOW, 4 * (limit or 0)), None
+        while floor is None or top >= floor:
             bottom = max(0, top - window)
             for entry in reversed(await self.log.read(source, after=bottom, until=top)):
                 key = _checkpoint_key(entry.subject)
@@ -173,6 +174,9 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
                     remaining -= 1
                     if remaining == 0:
                         return
+            if floor is None:
+                # More to look for than the newest window held: the walk stops at the oldest.
+                floor = await self.log.next_seq(source, after=0) or top + 1
             top, window = bottom, window * 2
 
     async def _list_everywhere(
