@@ -69,7 +69,7 @@ class Snapshots:
     async def load(self, thread_id: str) -> ThreadState | None:
         try:
             entry = await (await self._bucket()).get(key(thread_id))
-        except nats.js.errors.NotFoundError:  # never written, or dropped (a deletion marker)
+        except nats.js.errors.NotFoundError:  # never written, or dropped
             return None
         try:
             snapshot = _decoder.decode(entry.value)
@@ -85,4 +85,7 @@ class Snapshots:
         await (await self._bucket()).put(key(state.thread_id), msgspec.json.encode(Snapshot(state=replace(state, statuses={}))))
 
     async def drop(self, thread_id: str) -> None:
-        await (await self._bucket()).purge(key(thread_id))
+        # A purge of the key's subject leaves nothing, where the bucket's own purge would leave a
+        # marker behind for every thread ever deleted.
+        bucket = broker.SNAPSHOTS_BUCKET
+        await self.js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{key(thread_id)}")
