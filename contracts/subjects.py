@@ -187,11 +187,6 @@ def stored_checkpoint(thread_id: str, run_id: str, ns: str, checkpoint_id: str) 
     return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.ckpt.{token(ns)}.{token(checkpoint_id)}"
 
 
-def partition_checkpoints(partition: int) -> str:
-    """Stored checkpoints of every thread of one partition."""
-    return f"{PREFIX}.*.{partition}.run.*.ckpt.>"
-
-
 def writes_record(thread_id: str, run_id: str, ns: str, checkpoint_id: str, task_id: str) -> str:
     """The subject to publish one task's pending writes on."""
     return f"{PREFIX}.{token(thread_id)}.run.{token(run_id)}.write.{token(ns)}.{token(checkpoint_id)}.{token(task_id)}"

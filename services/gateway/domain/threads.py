@@ -183,15 +183,23 @@ class Threads:
         """Record which graph the thread runs, as LangGraph Platform does in thread metadata."""
         wanted = {"graph_id": assistant["graph_id"], "assistant_id": assistant["assistant_id"]}
 
+        changed = False
+
         def change(r):
+            nonlocal changed
             meta = r.get("metadata") or {}
             if all(meta.get(k) == v for k, v in wanted.items()):
+                changed = False
                 return None
             r["metadata"] = {**meta, **wanted}
             r["updated_at"] = records.iso_now()
+            changed = True
             return r
 
-        await records.update(self.kv, thread_id, change)
+        updated = await records.update(self.kv, thread_id, change)
+        if changed and updated is not None:
+            # In the log too, so that the read model (and any replay) knows the thread's graph.
+            await self.log.append_event(contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"]))
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
