@@ -65,6 +65,35 @@ async def thread_runs(log: ThreadLog, thread_id: str) -> ThreadRuns:
     return view
 
 
+async def run_view(
+    log: ThreadLog, thread_id: str, run_id: str, *, after: int = 0, seen: tuple[int, contracts.Event] | None = None
+) -> tuple[RunRecord, str] | None:
+    """One run and its status from the run's own control events (those after ``after``, which
+    must include its ``RunRequested``), without reading the rest of the thread: a run's status
+    depends on its own events only. ``seen`` is an event of the run the caller was delivered, folded
+    in when a lagging replica's read does not include it yet. None when the run is not in the log,
+    or is being rolled back."""
+    events = []
+    for entry in await log.read(subjects.run_control(thread_id, run_id), after=after):
+        try:
+            events.append((entry.seq, entry.event()))
+        except msgspec.DecodeError:
+            continue
+    if seen is not None and (not events or events[-1][0] < seen[0]):
+        events.append(seen)
+    state, record = ThreadState(thread_id=thread_id), None
+    for seq, event in events:
+        state = evolve(state, event, seq)
+        if isinstance(event, contracts.RunRequested):
+            record = RunRecord(requested=event, updated_at=event.at)
+        elif record is not None:
+            record.updated_at = event.at
+            if isinstance(event, contracts.TERMINAL_EVENTS):
+                record.outcome = event
+    status = state.statuses.get(run_id)
+    return (record, status) if record is not None and status is not None else None
+
+
 async def outcome(events: AsyncIterator[contracts.Event]) -> contracts.Event:
     """The event that ends a run, from the run's control events (read from the beginning)."""
     started = False
