@@ -23,7 +23,7 @@ answers until the next checkpoint points the head again. ``list`` walks the log 
 newest (or from ``before``) in windows of sequences and decodes only the checkpoints it returns
 (and the metadata of those a ``filter`` rejects), newest by stream sequence first: the same as
 newest id first, since LangGraph's ids are time-ordered (uuid6) and made when saved. Pending
-writes are read from their checkpoint's sequence on and applied in log order, the first write of
+writes (all of those that name the checkpoint: they may land before it) are applied in log order, the first write of
 a ``(task, idx >= 0)`` winning and the last one of a special negative index, as ``InMemorySaver``
 does. A thread with no pointer at all (written before pointers existed) is read the old way.
 
@@ -435,9 +435,9 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         head), so that a missing pointer means a missing checkpoint."""
         return await self.log.last(subjects.checkpoint_heads(thread_id, ROOT_NS)) is not None
 
-    async def _pending_writes(self, thread_id: str, ns: str, checkpoint_id: str, after: int) -> list[PendingWrite]:
+    async def _pending_writes(self, thread_id: str, ns: str, checkpoint_id: str) -> list[PendingWrite]:
         applied: dict[tuple[str, int], tuple[str, str, contracts.TypedBlob]] = {}
-        for entry in await self.log.read(subjects.writes(thread_id, ns, checkpoint_id), after=after):
+        for entry in await self.log.read(subjects.writes(thread_id, ns, checkpoint_id)):
             record = entry.event()
             for write in record.writes:
                 key = (record.task_id, write.idx)
@@ -459,8 +459,10 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             checkpoint=self._load(event.checkpoint),
             metadata=self._load(event.metadata) if metadata is None else metadata,
             parent_config=_config(thread_id, ns, event.parent_checkpoint_id) if event.parent_checkpoint_id else None,
-            # Writes are made against a saved checkpoint, so after it in the log.
-            pending_writes=await self._pending_writes(thread_id, ns, event.checkpoint_id, after=entry.seq),
+            # Not only after the checkpoint: LangGraph saves a step's writes and its checkpoint
+            # concurrently, so a task's write (an interrupt) can land before the checkpoint it
+            # names. The subject names the checkpoint, so the read is one filtered get.
+            pending_writes=await self._pending_writes(thread_id, ns, event.checkpoint_id),
         )
 
 
