@@ -132,6 +132,13 @@ def outcome_any(type_name: str) -> str:
     return f"{PREFIX}.*.*.run.*.{EVENT_TOKENS[type_name]}"
 
 
+def event_any(type_name: str) -> str:
+    """Every stored control event of one type, in every thread (a run's or a thread's own)."""
+    if type_name.startswith("Thread"):
+        return f"{PREFIX}.*.*.meta.thread.{EVENT_TOKENS[type_name]}"
+    return outcome_any(type_name)
+
+
 def cancels_published() -> str:
     """Every ``RunCancelled`` as published, for a plain (non-stream) subscription: it sees the
     subject a publisher used, not the stored one."""

@@ -11,12 +11,15 @@ import contextlib
 import uuid
 
 import nats
+import orjson
 import pytest
 
 import contracts
 from contracts import subjects
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.snapshots import Snapshots, worth_saving
+from threadbus import broker
+from threadbus.admission import assistant_id_for
 from threadbus.broker import bootstrap
 from threadbus.embedded import EmbeddedNats
 from threadbus.settings import Settings
@@ -41,9 +44,13 @@ def settings(own_nats) -> Settings:
 
 
 @pytest.fixture
-async def nc(own_nats, settings):
+async def nc(own_nats, settings, thread_id):
     conn = await nats.connect(own_nats)
     await bootstrap(conn, settings)
+    # The records an orchestrator admits a request by: its assistant (graph "g") and its thread.
+    js = conn.jetstream()
+    await (await js.key_value(broker.ASSISTANTS_BUCKET)).put(assistant_id_for("g"), orjson.dumps({"graph_id": "g"}))
+    await (await js.key_value(broker.THREADS_BUCKET)).put(thread_id, orjson.dumps({"thread_id": thread_id}))
     yield conn
     await conn.drain()
 
@@ -81,7 +88,7 @@ def has(kind, run_id):
 
 
 def request(thread_id: str, run_id: str) -> contracts.RunRequested:
-    return contracts.RunRequested(thread_id=thread_id, run_id=run_id, assistant_id="a", graph_id="g")
+    return contracts.RunRequested(thread_id=thread_id, run_id=run_id, assistant_id=assistant_id_for("g"), graph_id="g")
 
 
 async def a_running_run(orchestrating, log: ThreadLog, thread_id: str) -> str:
