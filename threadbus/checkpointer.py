@@ -23,9 +23,9 @@ answers until the next checkpoint points the head again. ``list`` walks the log 
 newest (or from ``before``) in windows of sequences and decodes only the checkpoints it returns
 (and the metadata of those a ``filter`` rejects), newest by stream sequence first: the same as
 newest id first, since LangGraph's ids are time-ordered (uuid6) and made when saved. Pending
-writes (all of those that name the checkpoint: they may land before it) are applied in log order, the first write of
-a ``(task, idx >= 0)`` winning and the last one of a special negative index, as ``InMemorySaver``
-does. A thread with no pointer at all (written before pointers existed) is read the old way.
+writes are read from the writing run's ``RunStarted`` on and applied in log order, the first
+write of a ``(task, idx >= 0)`` winning and the last one of a special negative index, as
+``InMemorySaver`` does. A thread with no pointer at all (written before pointers existed) is read the old way.
 
 Records are filed under the run that wrote them: the guard's run, or for an unguarded saver
 ``metadata["run_id"]`` (how LangGraph names a checkpoint's run), so ``delete_for_runs`` is a
@@ -435,9 +435,9 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         head), so that a missing pointer means a missing checkpoint."""
         return await self.log.last(subjects.checkpoint_heads(thread_id, ROOT_NS)) is not None
 
-    async def _pending_writes(self, thread_id: str, ns: str, checkpoint_id: str) -> list[PendingWrite]:
+    async def _pending_writes(self, thread_id: str, ns: str, checkpoint_id: str, after: int) -> list[PendingWrite]:
         applied: dict[tuple[str, int], tuple[str, str, contracts.TypedBlob]] = {}
-        for entry in await self.log.read(subjects.writes(thread_id, ns, checkpoint_id)):
+        for entry in await self.log.read(subjects.writes(thread_id, ns, checkpoint_id), after=after):
             record = entry.event()
             for write in record.writes:
                 key = (record.task_id, write.idx)
@@ -459,11 +459,22 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             checkpoint=self._load(event.checkpoint),
             metadata=self._load(event.metadata) if metadata is None else metadata,
             parent_config=_config(thread_id, ns, event.parent_checkpoint_id) if event.parent_checkpoint_id else None,
-            # Not only after the checkpoint: LangGraph saves a step's writes and its checkpoint
-            # concurrently, so a task's write (an interrupt) can land before the checkpoint it
-            # names. The subject names the checkpoint, so the read is one filtered get.
-            pending_writes=await self._pending_writes(thread_id, ns, event.checkpoint_id),
+            pending_writes=await self._pending_writes(
+                thread_id, ns, event.checkpoint_id, after=await self._writes_floor(entry)
+            ),
         )
+
+    async def _writes_floor(self, entry: Entry) -> int:
+        """A sequence that the writes made against the checkpoint come after. A run stores a
+        checkpoint in the background while its next tasks already write against it, so its writes
+        may precede it, but not the run's ``RunStarted``; writes of later runs come later still. A
+        checkpoint of no threadbus run (a state update, a graph run outside an executor) gives no
+        such bound: its writes are looked for from the start."""
+        run = subjects.run_of(entry.subject)
+        if run == UNGUARDED_RUN:
+            return 0
+        started = await self.log.last(subjects.run_event(subjects.thread_of(entry.subject), run, "RunStarted"))
+        return started.seq if started is not None and started.seq < entry.seq else 0
 
 
 def _matches(metadata: Any, filter: dict[str, Any] | None) -> bool:
