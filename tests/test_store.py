@@ -108,17 +108,69 @@ async def test_invalid_namespace_labels_are_422(client):
     assert res.status_code == 422
 
 
-async def test_semantic_search_is_not_built_and_says_so(nats_url):
-    import nats as nats_client
+async def test_semantic_search_ranks_items_put_over_http_by_meaning(client):
+    ns = ["semantic", unique()]
+    await client.store.put_item(ns, "milk", {"text": "buy milk and bread for dinner"})
+    await client.store.put_item(ns, "vet", {"text": "take the cat to the vet"})
+    await client.store.put_item(ns, "paris", {"text": "book a flight to paris"})
+    await client.store.put_item(ns, "pizza", {"text": "pizza with extra cheese", "kind": "recipe"})
 
-    from threadbus.broker import STORE_BUCKET
-    from threadbus.store import JetStreamStore, SemanticSearchNotBuilt
+    found = (await client.store.search_items(ns, query="what food should I eat", limit=2))["items"]
+    assert {i["key"] for i in found} == {"milk", "pizza"}
+    assert found[0]["score"] >= found[1]["score"] > 0
+    ranked = (await client.store.search_items(ns, query="my dog needs a pet vet", limit=10))["items"]
+    assert ranked[0]["key"] == "vet" and len(ranked) == 4
+    assert [i["score"] for i in ranked] == sorted((i["score"] for i in ranked), reverse=True)
 
-    nc = await nats_client.connect(nats_url)
-    try:
-        store = JetStreamStore(await nc.jetstream().key_value(STORE_BUCKET), index={"dims": 4, "embed": "fake"})
-        with pytest.raises(SemanticSearchNotBuilt):
-            await store.asearch(("docs",), query="anything")
-        assert await store.asearch(("docs", unique())) == []  # without a query, search works
-    finally:
-        await nc.close()
+    # A filter narrows the ranked search; offset pages it.
+    narrowed = (await client.store.search_items(ns, query="food", filter={"kind": "recipe"}))["items"]
+    assert [i["key"] for i in narrowed] == ["pizza"]
+    second = (await client.store.search_items(ns, query="my dog needs a pet vet", limit=1, offset=1))["items"]
+    assert [i["key"] for i in second] == [ranked[1]["key"]]
+
+    # Changing an item re-embeds it; deleting it drops it from the results.
+    await client.store.put_item(ns, "vet", {"text": "cheese and pasta for the hungry"})
+    found = (await client.store.search_items(ns, query="food to eat", limit=3))["items"]
+    assert {i["key"] for i in found} == {"milk", "pizza", "vet"}
+    await client.store.delete_item(ns, "milk")
+    found = (await client.store.search_items(ns, query="food to eat", limit=3))["items"]
+    assert "milk" not in {i["key"] for i in found} and found[0]["key"] in {"pizza", "vet"}
+
+
+async def test_items_put_with_index_false_are_stored_but_not_ranked(client):
+    ns = ["unranked", unique()]
+    await client.store.put_item(ns, "hidden", {"text": "pizza pasta cheese dinner"}, index=False)
+    await client.store.put_item(ns, "shown", {"text": "a flight to paris"})
+    assert (await client.store.get_item(ns, "hidden"))["value"]["text"].startswith("pizza")
+    found = (await client.store.search_items(ns, query="pizza dinner"))["items"]
+    # As in LangGraph's in-memory store: ranked items first, unembedded ones after, unscored.
+    assert [(i["key"], i["score"] is None) for i in found] == [("shown", False), ("hidden", True)]
+
+
+async def test_a_put_may_name_the_fields_it_is_embedded_by(client):
+    ns = ["fields", unique()]
+    await client.store.put_item(ns, "titled", {"title": "my cat", "body": "pizza pizza pizza"}, index=["title"])
+    await client.store.put_item(ns, "whole", {"title": "notes", "body": "pizza for dinner"})
+    found = (await client.store.search_items(ns, query="pizza"))["items"]
+    assert [i["key"] for i in found] == ["whole", "titled"]
+    assert found[1]["score"] < found[0]["score"]
+
+
+async def test_graph_runs_write_memories_found_by_meaning_over_http_and_in_another_run(client):
+    user = unique()
+    for text in ("walk the dog and feed the kitten", "finish the project report before the deadline", "python bug on the server"):
+        await client.runs.wait(None, "notes", input={"user": user, "text": text})
+    found = (await client.store.search_items(["notes", user], query="my pets", limit=1))["items"]
+    assert found[0]["value"]["text"] == "walk the dog and feed the kitten" and found[0]["score"] > 0
+    thread = (await client.threads.create())["thread_id"]
+    result = await client.runs.wait(thread, "notes", input={"user": user, "query": "work meeting with my boss"})
+    assert result["found"][0]["text"] == "finish the project report before the deadline"
+    assert len(result["found"]) == 3
+
+
+async def test_an_unknown_filter_operator_is_422(client):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=str(client.http.client.base_url)) as http:
+        res = await http.post("/store/items/search", json={"namespace_prefix": ["x"], "filter": {"n": {"$regex": "a"}}})
+    assert res.status_code == 422

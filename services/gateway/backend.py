@@ -36,8 +36,9 @@ class Backend:
         )
         self.threads = Threads(self.log, self.saver, self.graphs, await self.js.key_value(broker.THREADS_BUCKET))
         self.runs = Runs(self.log, self.settings, self.assistants, self.threads)
-        self.store = await open_store(self.js, self.graphs.raw)
+        self.store = await open_store(self.js, self.db, self.graphs)
         await self.assistants.register_graphs()
 
     async def stop(self) -> None:
+        await self.store.close()
         await self.db.close()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from services.gateway import auth
-from threadbus.store import SemanticSearchNotBuilt
+from threadbus.read_model.store_index import InvalidFilter
 
 router = APIRouter(prefix="/store", tags=["store"])
 
@@ -97,8 +97,8 @@ async def search_items(body: StoreSearch, request: Request):
             offset=body.offset,
             refresh_ttl=body.refresh_ttl,
         )
-    except SemanticSearchNotBuilt as err:
-        raise HTTPException(501, str(err)) from None
+    except InvalidFilter as err:
+        raise HTTPException(422, str(err)) from None
     return {"items": [_item(i) for i in items]}
 
 
