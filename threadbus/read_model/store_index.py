@@ -25,15 +25,16 @@ import orjson
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg.types.json import Jsonb
 
-from threadbus import logs
+from threadbus import logs, metrics
 from threadbus.read_model.database import Database, DatabaseUnavailable
 
 log = logs.get("threadbus.store_index")
 
 _BATCH = 1000
-# Above every label: a namespace prefix ("a", "b") selects namespaces in ["a", "b"] ..
-# ["a", "b\U0010ffff"], which an index on the namespace column scans as a range.
-_TOP = "\U0010ffff"
+# The namespaces starting with ("a", "b") are exactly the range ["a", "b"] .. ["a", "b\x01"):
+# arrays compare label by label, a label cannot hold NUL, so nothing sorts between "b" and
+# "b\x01" but "b" itself. An index on the namespace column scans it as a range.
+_AFTER = "\x01"
 _COMPARISONS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 
@@ -222,75 +223,86 @@ class StoreIndex:
             log.warning("store index behind the bucket", applied=self.applied, bucket_last=last)
             raise StoreIndexBehind(f"the store index has applied {self.applied} of {last} bucket messages") from None
 
-    async def search(
-        self,
-        prefix: Sequence[str],
-        *,
-        query_vector: list[float] | None,
-        filter: dict[str, Any] | None,
-        limit: int,
-        offset: int,
-    ) -> list[dict[str, Any]]:
-        """The page of live items under ``prefix`` matching ``filter``: ranked by cosine
-        similarity to ``query_vector`` (best of the item's fields; items without embeddings
-        follow, unscored, as in LangGraph's in-memory store), else newest first."""
-        where, params = _under("i.namespace", prefix)
-        for key, wanted in (filter or {}).items():
-            condition, values = _matches(["i.value", key], wanted, top=True)
-            where.append(condition)
-            params.extend(values)
-        where.append("(i.expires_at is null or i.expires_at > now())")
-        if query_vector is None:
-            score, order = "null::float8", "i.updated_at desc"
-        else:
-            score = "(select max(1 - (v.embedding <=> %s::vector)) from store_vectors v where v.kv_key = i.kv_key)"
-            params.insert(0, orjson.dumps(query_vector).decode())
-            order = "score desc nulls last, i.updated_at desc"
-        sql = (
-            f"select i.namespace, i.key, i.value, i.created_at, i.updated_at, i.expires_at, {score} as score"
-            f" from store_items i where {' and '.join(where)} order by {order} limit %s offset %s"
-        )
-        async with self.db.connection() as conn:
-            return await (await conn.execute(sql, [*params, limit, offset])).fetchall()
+    async def search(self, prefix: Sequence[str], **page: Any) -> list[dict[str, Any]]:
+        """The page of live items under ``prefix``: see :func:`search_sql`."""
+        return await self._query("search", *search_sql(prefix, **page))
 
-    async def namespaces(
-        self,
-        *,
-        prefix: Sequence[str] | None,
-        suffix: Sequence[str] | None,
-        max_depth: int | None,
-        limit: int,
-        offset: int,
-    ) -> list[tuple[str, ...]]:
-        """Namespaces holding items, in LangGraph's order; ``*`` in a prefix or suffix matches any label."""
-        literal = []
-        for label in prefix or ():
-            if label == "*":
-                break
-            literal.append(label)
-        where, params = _under("namespace", literal)
-        for i, label in enumerate(prefix or ()):
-            if label != "*":
-                where.append(f"namespace[{i + 1}] = %s")
-                params.append(label)
-        for i, label in enumerate(suffix or ()):
-            if label != "*":
-                where.append(f"namespace[cardinality(namespace) - {len(suffix) - 1 - i}] = %s")
-                params.append(label)
-        depth = max(len(prefix or ()), len(suffix or ()))
-        if depth:
-            where.append(f"cardinality(namespace) >= {depth}")
-        condition = " and ".join(where) or "true"
-        if max_depth is None:
-            sql = f"select namespace from store_namespaces where {condition} order by namespace limit %s offset %s"
-        else:
-            sql = (
-                f"select distinct namespace[1:{int(max_depth)}] as namespace from store_namespaces"
-                f" where {condition} order by 1 limit %s offset %s"
-            )
+    async def namespaces(self, **page: Any) -> list[tuple[str, ...]]:
+        """Namespaces holding items: see :func:`namespaces_sql`."""
+        return [tuple(row["namespace"]) for row in await self._query("namespaces", *namespaces_sql(**page))]
+
+    async def _query(self, name: str, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        metrics.STORE_INDEX_QUERIES.labels(name).inc()
         async with self.db.connection() as conn:
-            rows = await (await conn.execute(sql, [*params, limit, offset])).fetchall()
-        return [tuple(row["namespace"]) for row in rows]
+            return await (await conn.execute(sql, params)).fetchall()
+
+
+def search_sql(
+    prefix: Sequence[str],
+    *,
+    query_vector: list[float] | None,
+    filter: dict[str, Any] | None,
+    limit: int,
+    offset: int,
+) -> tuple[str, list[Any]]:
+    """One statement for a page of live items under ``prefix`` matching ``filter``: ranked by
+    cosine similarity to ``query_vector`` (best of the item's fields; items without embeddings
+    follow, unscored, as in LangGraph's in-memory store), else newest first."""
+    where, params = _under("i.namespace", prefix)
+    for key, wanted in (filter or {}).items():
+        condition, values = _matches(["i.value", key], wanted, top=True)
+        where.append(condition)
+        params.extend(values)
+    where.append("(i.expires_at is null or i.expires_at > now())")
+    if query_vector is None:
+        score, order = "null::float8", "i.updated_at desc"
+    else:
+        score = "(select max(1 - (v.embedding <=> %s::vector)) from store_vectors v where v.kv_key = i.kv_key)"
+        params.insert(0, orjson.dumps(query_vector).decode())
+        order = "score desc nulls last, i.updated_at desc"
+    sql = (
+        f"select i.namespace, i.key, i.value, i.created_at, i.updated_at, i.expires_at, {score} as score"
+        f" from store_items i where {' and '.join(where)} order by {order} limit %s offset %s"
+    )
+    return sql, [*params, limit, offset]
+
+
+def namespaces_sql(
+    *,
+    prefix: Sequence[str] | None,
+    suffix: Sequence[str] | None,
+    max_depth: int | None,
+    limit: int,
+    offset: int,
+) -> tuple[str, list[Any]]:
+    """One statement for a page of namespaces holding items, in LangGraph's order; ``*`` in a
+    prefix or suffix matches any label."""
+    literal = []
+    for label in prefix or ():
+        if label == "*":
+            break
+        literal.append(label)
+    where, params = _under("namespace", literal)
+    for i, label in enumerate(prefix or ()):
+        if i >= len(literal) and label != "*":
+            where.append(f"namespace[{i + 1}] = %s")
+            params.append(label)
+    for i, label in enumerate(suffix or ()):
+        if label != "*":
+            where.append(f"namespace[cardinality(namespace) - {len(suffix) - 1 - i}] = %s")
+            params.append(label)
+    depth = max(len(prefix or ()), len(suffix or ()))
+    if depth > len(literal):
+        where.append(f"cardinality(namespace) >= {depth}")
+    condition = " and ".join(where) or "true"
+    if max_depth is None:
+        sql = f"select namespace from store_namespaces where {condition} order by namespace limit %s offset %s"
+    else:
+        sql = (
+            f"select distinct namespace[1:{int(max_depth)}] as namespace from store_namespaces"
+            f" where {condition} order by 1 limit %s offset %s"
+        )
+    return sql, [*params, limit, offset]
 
 
 def _under(column: str, prefix: Sequence[str]) -> tuple[list[str], list[Any]]:
@@ -298,10 +310,7 @@ def _under(column: str, prefix: Sequence[str]) -> tuple[list[str], list[Any]]:
     if not prefix:
         return [], []
     prefix = list(prefix)
-    return (
-        [f"{column} >= %s", f"{column} < %s", f"{column}[1:{len(prefix)}] = %s"],
-        [prefix, [*prefix[:-1], prefix[-1] + _TOP], prefix],
-    )
+    return [f"{column} >= %s", f"{column} < %s"], [prefix, [*prefix[:-1], prefix[-1] + _AFTER]]
 
 
 def _matches(path: list[str], wanted: Any, *, top: bool = False) -> tuple[str, list[Any]]:
