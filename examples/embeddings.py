@@ -1,0 +1,24 @@
+"""The example graphs' store embedder: WordLlama, which runs on a CPU with no download.
+
+WordLlama (MIT) ships its 256-dimension token embeddings and tokenizer in its wheel (33 MB), so
+``make dev`` needs no network and no GPU: an embedding is an average of token vectors, good
+enough for finding memories by topic, not a transformer. Loaded on first use (about 2 s).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+
+@cache
+def _model():
+    import wordllama
+
+    # WordLlama looks for its packaged tokenizer under "tokenizer/" but ships it in "tokenizers/",
+    # the layout of its cache directory: pointing the cache at the package finds both files there.
+    return wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent)
+
+
+def embed(texts: list[str]) -> list[list[float]]:
+    return _model().embed(list(texts)).tolist()
