@@ -168,9 +168,41 @@ async def test_graph_runs_write_memories_found_by_meaning_over_http_and_in_anoth
     assert len(result["found"]) == 3
 
 
-async def test_an_unknown_filter_operator_is_422(client):
+async def test_filters_and_values_the_index_cannot_hold_are_422_and_do_not_stop_it(client):
     import httpx
 
     async with httpx.AsyncClient(base_url=str(client.http.client.base_url)) as http:
         res = await http.post("/store/items/search", json={"namespace_prefix": ["x"], "filter": {"n": {"$regex": "a"}}})
-    assert res.status_code == 422
+        assert res.status_code == 422
+        res = await http.post("/store/items/search", json={"namespace_prefix": ["x"], "filter": {"n": "a\u0000"}})
+        assert res.status_code == 422
+        res = await http.put("/store/items", json={"namespace": ["nul", "x"], "key": "k", "value": {"t": "a\u0000"}})
+        assert res.status_code == 422
+    ns = ["after", unique()]
+    await client.store.put_item(ns, "k", {"text": "still indexed"})
+    assert [i["key"] for i in (await client.store.search_items(ns))["items"]] == ["k"]
+
+
+async def test_a_bucket_item_the_index_cannot_hold_is_skipped_and_indexing_goes_on(client, nats_url):
+    # Written straight into the bucket, as a writer older than the put check could have.
+    from datetime import datetime, timezone
+
+    import nats as nats_client
+    import orjson
+
+    from threadbus.broker import STORE_BUCKET
+    from threadbus.store import kv_key
+
+    now = datetime.now(timezone.utc).isoformat()
+    poisoned = ("poison", unique())
+    nc = await nats_client.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(STORE_BUCKET)
+        record = {"namespace": list(poisoned), "key": "k", "value": {"t": "a\x00"}, "created_at": now, "updated_at": now}
+        await kv.put(kv_key(poisoned, "k"), orjson.dumps(record))
+    finally:
+        await nc.close()
+    ns = ["after", unique()]
+    await client.store.put_item(ns, "k", {"text": "indexed after the bad one"})
+    assert [i["key"] for i in (await client.store.search_items(ns))["items"]] == ["k"]
+    assert (await client.store.search_items(list(poisoned)))["items"] == []

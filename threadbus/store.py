@@ -60,6 +60,10 @@ class StoreConflict(RuntimeError):
     """An item this run read was changed by someone else before this run wrote it."""
 
 
+class InvalidItem(ValueError):
+    """An item the search index could not hold (PostgreSQL text and jsonb have no NUL)."""
+
+
 def part(label: str) -> str:
     """One namespace label or key as a KV key token: as is when plain, else ``=`` + base64url."""
     if _PLAIN.fullmatch(label):  # not match: "$" also matches before a final newline
@@ -189,6 +193,8 @@ class JetStreamStore(BaseStore):
             if self.embedder is not None and (vectors := await self.embedder.embed(op.value, op.index)):
                 record["vectors"] = vectors
             payload = orjson.dumps(record)
+            if b"\\u0000" in payload:
+                raise InvalidItem(f"Store item {op.namespace}/{op.key}: labels, keys and values cannot contain NUL")
             if read is None:
                 await self.kv.put(key, payload)
             else:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import psycopg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg.types.json import Jsonb
 
@@ -87,7 +88,7 @@ class StoreIndex:
                     batch = [await queue.get()]
                     while not queue.empty() and len(batch) < _BATCH:
                         batch.append(queue.get_nowait())
-                    await self._advance(await self._apply(batch))
+                    await self._advance(await self._apply_or_skip(batch))
             except asyncio.CancelledError:
                 raise
             except DatabaseUnavailable as err:
@@ -118,6 +119,24 @@ class StoreIndex:
             if position > self.applied:
                 self.applied = position
                 self._progress.notify_all()
+
+    async def _apply_or_skip(self, batch: list) -> int:
+        """Applies a batch; one message the database refuses (a value it cannot hold, written
+        before puts checked for it) is skipped, alone, rather than stopping the index."""
+        try:
+            return await self._apply(batch)
+        except psycopg.DataError as err:
+            if len(batch) > 1:
+                for msg in batch:
+                    position = await self._apply_or_skip([msg])
+                return position
+            msg = batch[0]
+            log.error("store item cannot be indexed; skipped", kv_key=msg.subject, seq=msg.metadata.sequence.stream, error=str(err))
+            async with self.db.connection() as conn:
+                await conn.execute(
+                    "update store_index_position set position = greatest(position, %s)", (msg.metadata.sequence.stream,)
+                )
+            return msg.metadata.sequence.stream
 
     async def _apply(self, batch: list) -> int:
         """Applies the messages the index has not applied yet; returns the index's position."""
@@ -248,6 +267,7 @@ def search_sql(
     """One statement for a page of live items under ``prefix`` matching ``filter``: ranked by
     cosine similarity to ``query_vector`` (best of the item's fields; items without embeddings
     follow, unscored, as in LangGraph's in-memory store), else newest first."""
+    _text_only(prefix, filter)
     where, params = _under("i.namespace", prefix)
     for key, wanted in (filter or {}).items():
         condition, values = _matches(["i.value", key], wanted, top=True)
@@ -257,8 +277,12 @@ def search_sql(
     if query_vector is None:
         score, order = "null::float8", "i.updated_at desc"
     else:
-        score = "(select max(1 - (v.embedding <=> %s::vector)) from store_vectors v where v.kv_key = i.kv_key)"
-        params.insert(0, orjson.dumps(query_vector).decode())
+        # Embeddings of another dimension (written before `dims` changed) cannot be compared: unscored.
+        score = (
+            "(select max(1 - (v.embedding <=> %s::vector)) from store_vectors v"
+            " where v.kv_key = i.kv_key and vector_dims(v.embedding) = %s)"
+        )
+        params[:0] = [orjson.dumps(query_vector).decode(), len(query_vector)]
         order = "score desc nulls last, i.updated_at desc"
     sql = (
         f"select i.namespace, i.key, i.value, i.created_at, i.updated_at, i.expires_at, {score} as score"
@@ -277,6 +301,7 @@ def namespaces_sql(
 ) -> tuple[str, list[Any]]:
     """One statement for a page of namespaces holding items, in LangGraph's order; ``*`` in a
     prefix or suffix matches any label."""
+    _text_only(prefix, suffix)
     literal = []
     for label in prefix or ():
         if label == "*":
@@ -303,6 +328,12 @@ def namespaces_sql(
             f" where {condition} order by 1 limit %s offset %s"
         )
     return sql, [*params, limit, offset]
+
+
+def _text_only(*values: Any) -> None:
+    """PostgreSQL text and jsonb cannot hold NUL: a search for one matches nothing it could store."""
+    if b"\\u0000" in orjson.dumps(values):
+        raise InvalidFilter("Search labels and filters cannot contain the NUL character")
 
 
 def _under(column: str, prefix: Sequence[str]) -> tuple[list[str], list[Any]]:
