@@ -206,3 +206,29 @@ async def test_a_bucket_item_the_index_cannot_hold_is_skipped_and_indexing_goes_
     await client.store.put_item(ns, "k", {"text": "indexed after the bad one"})
     assert [i["key"] for i in (await client.store.search_items(ns))["items"]] == ["k"]
     assert (await client.store.search_items(list(poisoned)))["items"] == []
+
+
+FILTER_ITEMS = {
+    "a": {"n": 1, "s": "x", "tags": ["a", "b"], "o": {"p": 1, "q": "z"}, "b": True},
+    "b": {"n": 2.5, "s": "y", "tags": ["a"], "o": {"p": 2}, "b": False},
+    "c": {"n": 10, "s": "x", "tags": [], "o": {"p": 1, "q": "w"}, "b": True},
+}
+FILTERS = [
+    {"s": "x"}, {"n": 1}, {"n": 1.0}, {"n": {"$gt": 1}}, {"n": {"$gte": 1, "$lt": 10}}, {"n": {"$lte": 2.5}},
+    {"s": {"$ne": "x"}}, {"s": {"$eq": "y"}}, {"tags": ["a"]}, {"tags": ["a", "b"]}, {"tags": []}, {"o": {"p": 1}},
+    {"o": {"p": 1, "q": "w"}}, {"b": True}, {"s": "x", "n": {"$gt": 5}}, {"o": {"p": {"$gt": 1}}}, {"s": "nope"},
+]
+
+
+async def test_filters_select_what_langgraphs_in_memory_store_selects(client):
+    from langgraph.store.memory import InMemoryStore
+
+    reference = InMemoryStore()
+    ns = ["filters", unique()]
+    for key, value in FILTER_ITEMS.items():
+        await client.store.put_item(ns, key, value)
+        await reference.aput(tuple(ns), key, value)
+    for condition in FILTERS:
+        ours = sorted(i["key"] for i in (await client.store.search_items(ns, filter=condition, limit=100))["items"])
+        expected = sorted(i.key for i in await reference.asearch(tuple(ns), filter=condition, limit=100))
+        assert ours == expected, f"filter {condition}: {ours}, LangGraph's in-memory store: {expected}"

@@ -79,14 +79,13 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _item(record: dict[str, Any], cls=Item, **extra) -> Item:
-    return cls(
+def _item(record: dict[str, Any]) -> Item:
+    return Item(
         namespace=tuple(record["namespace"]),
         key=record["key"],
         value=record["value"],
         created_at=datetime.fromisoformat(record["created_at"]),
         updated_at=datetime.fromisoformat(record["updated_at"]),
-        **extra,
     )
 
 

@@ -348,7 +348,7 @@ def _matches(path: list[str], wanted: Any, *, top: bool = False) -> tuple[str, l
     """A SQL condition with LangGraph's filter semantics (``langgraph.store.memory``'s
     ``_compare_values``) for the value at ``path``: nested objects match field by field, lists
     and scalars by equality, ``$eq``/``$ne``/``$gt``/``$gte``/``$lt``/``$lte`` as operators
-    (the ordering ones on numbers). A field the item lacks does not match."""
+    (the ordering ones on numbers, compared exactly). A field the item lacks does not match."""
     column, keys = path[0], path[1:]
     at = f"({column} #> %s)"
     params: list[Any] = []
@@ -367,10 +367,11 @@ def _matches(path: list[str], wanted: Any, *, top: bool = False) -> tuple[str, l
             elif op in _COMPARISONS:
                 if isinstance(operand, bool) or not isinstance(operand, (int, float)):
                     raise InvalidFilter(f"Filter operator {op} compares numbers, not {operand!r}")
+                # numeric, not float8: any JSON number compares, however large.
                 conditions.append(
-                    f"(case when jsonb_typeof({at}) = 'number' then ({column} #>> %s)::float8 {_COMPARISONS[op]} %s end)"
+                    f"(case when jsonb_typeof({at}) = 'number' then ({column} #> %s)::numeric {_COMPARISONS[op]} %s::numeric end)"
                 )
-                params += [keys, keys, float(operand)]
+                params += [keys, keys, operand]
             else:
                 raise InvalidFilter(f"Unsupported filter operator: {op}")
     elif isinstance(wanted, dict):
