@@ -69,7 +69,7 @@ def ranked(answer) -> None:
 
 
 def ten(answer) -> None:
-    if len(answer.get("items", answer.get("namespaces", []))) != 10:
+    if len(answer.get("items", answer.get("namespaces", []))) != 10:  # --namespaces 10 or more
         raise RuntimeError(f"expected a page of 10, got {answer}")
 
 
