@@ -34,6 +34,7 @@ __all__ = [
     "RunFailed",
     "RunInterrupted",
     "RunRolledBack",
+    "RunDeleted",
     "ThreadCreated",
     "ThreadUpdated",
     "ThreadDeleted",
@@ -164,6 +165,13 @@ class RunRolledBack(Event, tag=True, kw_only=True):
     run_id: str
 
 
+class RunDeleted(Event, tag=True, kw_only=True):
+    """A finished run was deleted (``DELETE /threads/{t}/runs/{r}``): it is no longer listed. Its
+    events stay in the log and its checkpoints in the thread's history."""
+
+    run_id: str
+
+
 class ThreadCreated(Event, tag=True, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -232,6 +240,7 @@ ControlEvent = Union[
     RunFailed,
     RunInterrupted,
     RunRolledBack,
+    RunDeleted,
     ThreadCreated,
     ThreadUpdated,
     ThreadDeleted,

@@ -145,6 +145,18 @@ class ThreadLog:
             return False
         return True
 
+    async def next_seq(self, filter_subject: str, after: int) -> int | None:
+        """The sequence of the first stored message on ``filter_subject`` after ``after``, or None."""
+        try:
+            msg = await self.js.get_msg(self.stream, seq=after + 1, subject=filter_subject, direct=True, next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return msg.seq
+
+    async def last_seq(self) -> int:
+        """The sequence of the newest message in the stream."""
+        return (await self.js.stream_info(self.stream)).state.last_seq
+
     async def last(self, filter_subject: str) -> Entry | None:
         """The newest stored message on ``filter_subject`` (wildcards allowed), or None."""
         try:

@@ -279,6 +279,8 @@ class _Replay:
             return
         if run_id is None:
             return
+        if isinstance(event, contracts.RunDeleted):
+            return  # no longer listed; its history is checked as any other run's
         r = self.run(run_id)
         name = type(event).__name__
         r.control.append((seq, name))

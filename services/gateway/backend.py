@@ -11,6 +11,7 @@ from threadbus import broker
 from threadbus.checkpointer import JetStreamSaver
 from threadbus.graphs import GraphRegistry
 from threadbus.read_model.database import Database
+from threadbus.read_model.reads import Reads
 from threadbus.settings import Settings
 from threadbus.store import open_store
 from threadbus.threadlog import ThreadLog
@@ -34,8 +35,9 @@ class Backend:
         self.assistants = Assistants(
             self.graphs, await self.js.key_value(broker.ASSISTANTS_BUCKET), await self.js.key_value(broker.ASSISTANT_VERSIONS_BUCKET)
         )
-        self.threads = Threads(self.log, self.saver, self.graphs, await self.js.key_value(broker.THREADS_BUCKET))
-        self.runs = Runs(self.log, self.settings, self.assistants, self.threads)
+        self.reads = Reads(self.db, self.log, catch_up_timeout_s=self.settings.decision_timeout_s)
+        self.threads = Threads(self.log, self.saver, self.graphs, await self.js.key_value(broker.THREADS_BUCKET), self.reads)
+        self.runs = Runs(self.log, self.settings, self.assistants, self.threads, self.reads)
         self.store = await open_store(self.js, self.db, self.graphs)
         await self.assistants.register_graphs()
 

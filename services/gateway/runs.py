@@ -14,6 +14,10 @@ from services.gateway.models import RunCancelMany, RunCreate
 
 router = APIRouter(tags=["runs"])
 
+RunSelectField = Literal[
+    "run_id", "thread_id", "assistant_id", "created_at", "updated_at", "status", "metadata", "kwargs", "multitask_strategy"
+]
+
 def backend(request: Request):
     return request.app.state.backend
 
@@ -109,25 +113,20 @@ async def list_runs(
     limit: int = Query(10, ge=1, le=1000),
     offset: int = Query(0, ge=0),
     status: Literal["pending", "running", "error", "success", "timeout", "interrupted"] | None = None,
+    select: list[RunSelectField] | None = Query(None),
 ):
-    b = backend(request)
-    await b.threads.record(thread_id)
-    runs = (await views.thread_runs(b.log, thread_id)).run_objects()
-    runs = [r for r in runs if status is None or r["status"] == status]
-    runs.sort(key=lambda r: r["created_at"], reverse=True)
-    return runs[offset : offset + limit]
+    return await backend(request).runs.list(thread_id, limit=limit, offset=offset, status=status, select=select)
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}")
 async def get(thread_id: str, run_id: str, request: Request):
-    _, run = await backend(request).runs.find(thread_id, run_id)
-    return run
+    return await backend(request).runs.find(thread_id, run_id)
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/join")
 async def join(thread_id: str, run_id: str, request: Request):
     b = backend(request)
-    _, run = await b.runs.find(thread_id, run_id)
+    run = await b.runs.find(thread_id, run_id)
     async with b.runs.events(thread_id, run_id) as events:
         outcome = await views.outcome(events)
     return JSONResponse(await b.runs.result_values(thread_id, outcome), headers=_location(run, join=True))
@@ -143,7 +142,7 @@ async def join_stream(
     last_event_id: str | None = Header(None),
 ):
     b = backend(request)
-    runs, run = await b.runs.find(thread_id, run_id)
+    run = await b.runs.find(thread_id, run_id)
     after_seq, replay = await streams.resume_point(b.js, thread_id, run_id, last_event_id)
     stack = AsyncExitStack()
     try:
@@ -156,7 +155,7 @@ async def join_stream(
         modes=streams.parse_modes(stream_mode),
         after_seq=after_seq,
         replay=replay,
-        with_ids=runs.runs[run_id].requested.kwargs.resumable,
+        with_ids=run["kwargs"].get("resumable", False),
     )
     body_iter = _sse_body(b, run, stack, chunks, events, options, cancel_on_disconnect=cancel_on_disconnect)
     return _sse_response(body_iter, run)

@@ -34,26 +34,19 @@ async def create(body: ThreadCreate, request: Request):
 
 @router.post("/search")
 async def search(body: ThreadSearch, request: Request):
-    found = await backend(request).threads.search(
-        metadata=body.metadata, values=body.values, status=body.status, ids=body.ids
-    )
-    key = body.sort_by or "updated_at"
-    found.sort(key=lambda t: t.get(key) or "", reverse=body.sort_order != "asc")
-    page = found[body.offset : body.offset + body.limit]
-    if body.select:
-        page = [{k: t.get(k) for k in body.select} for t in page]
-    return page
+    return await backend(request).threads.search(body)
 
 
 @router.post("/count")
 async def count(body: ThreadCount, request: Request):
-    return len(await backend(request).threads.search(metadata=body.metadata, values=body.values, status=body.status))
+    return await backend(request).threads.search(body, count=True)
 
 
 @router.get("/{thread_id}")
 async def get(thread_id: str, request: Request):
     b = backend(request)
-    return await b.threads.as_object(await b.threads.record(thread_id))
+    await b.threads.record(thread_id)
+    return await b.threads.as_object(thread_id)
 
 
 @router.patch("/{thread_id}")

@@ -20,6 +20,8 @@ from services.gateway.domain.assistants import Assistants
 from services.gateway.domain.threads import Threads
 from services.gateway.models import RunCreate, ThreadCreate
 from threadbus import logs
+from threadbus.read_model import projection, rows
+from threadbus.read_model.reads import Reads
 from threadbus.settings import Settings
 from threadbus.threadlog import ThreadLog
 
@@ -29,11 +31,12 @@ IN_FLIGHT = ("pending", "running")
 
 
 class Runs:
-    def __init__(self, log: ThreadLog, settings: Settings, assistants: Assistants, threads: Threads):
+    def __init__(self, log: ThreadLog, settings: Settings, assistants: Assistants, threads: Threads, reads: Reads):
         self.log = log
         self.settings = settings
         self.assistants = assistants
         self.threads = threads
+        self.reads = reads
 
     @asynccontextmanager
     async def events(self, thread_id: str, run_id: str) -> AsyncIterator[AsyncIterator[contracts.Event]]:
@@ -102,7 +105,7 @@ class Runs:
             # The request is in the log and will be decided; answer with what is known.
             log.warning("no decision in time", thread_id=request.thread_id, run_id=request.run_id)
         log.info("run accepted", thread_id=request.thread_id, run_id=request.run_id, strategy=request.multitask_strategy)
-        return views.run_object(views.RunRecord(requested=request, updated_at=request.at), "pending")
+        return rows.run_object(projection.run_row(request, "pending", request.at))
 
     async def result_values(self, thread_id: str, outcome: contracts.Event) -> Any:
         """What ``wait`` and ``join`` return: the final values, with ``__interrupt__`` or ``__error__``."""
@@ -122,17 +125,23 @@ class Runs:
         await self.log.append_event(contracts.RunCancelRequested(thread_id=thread_id, run_id=run_id, action=action))
         log.info("run cancel requested", thread_id=thread_id, run_id=run_id, action=action)
 
-    async def find(self, thread_id: str, run_id: str) -> tuple[views.ThreadRuns, dict[str, Any]]:
+    async def find(self, thread_id: str, run_id: str) -> dict[str, Any]:
         await self.threads.record(thread_id)
         records.check_uuid(run_id, "run")
-        runs = await views.thread_runs(self.log, thread_id)
-        status = runs.status_of(run_id)
-        if status is None or run_id not in runs.runs:
+        run = await self.reads.run(thread_id, run_id)
+        if run is None:
             raise HTTPException(404, "Run not found")
-        return runs, views.run_object(runs.runs[run_id], status)
+        return rows.run_object(run)
+
+    async def list(self, thread_id: str, *, limit: int, offset: int, status: str | None, select: list[str] | None) -> list[dict]:
+        await self.threads.record(thread_id)
+        runs = [rows.run_object(r) for r in await self.reads.runs(thread_id, limit=limit, offset=offset, status=status)]
+        if select:
+            runs = [{k: r.get(k) for k in select} for r in runs]
+        return runs
 
     async def cancel(self, thread_id: str, run_id: str, action: str, wait: bool) -> None:
-        _, run = await self.find(thread_id, run_id)
+        run = await self.find(thread_id, run_id)
         if run["status"] not in IN_FLIGHT:
             raise HTTPException(
                 404,
@@ -148,17 +157,22 @@ class Runs:
     async def cancel_many(self, thread_id: str | None, run_ids: Iterable[str] | None, status: str | None, action: str) -> None:
         if thread_id is None:
             raise HTTPException(422, "thread_id is required")
-        runs = await views.thread_runs(self.log, thread_id)
+        view = await self.reads.thread(thread_id)
+        if view.row is None:
+            return
+        fold = view.row.fold
+        in_flight = {rid: "pending" for rid in fold.queue}
+        if fold.running is not None and fold.stopping is None:
+            in_flight[fold.running] = "running"
         wanted = IN_FLIGHT if status in (None, "all") else (status,)
-        targets = [
-            rid for rid, st in runs.state.statuses.items() if st in wanted and (run_ids is None or rid in run_ids)
-        ]
-        for rid in targets:
-            await self.request_cancel(thread_id, rid, action)
+        for rid, run_status in in_flight.items():
+            if run_status in wanted and (run_ids is None or rid in run_ids):
+                await self.request_cancel(thread_id, rid, action)
 
     async def delete(self, thread_id: str, run_id: str) -> None:
-        _, run = await self.find(thread_id, run_id)
+        run = await self.find(thread_id, run_id)
         if run["status"] in IN_FLIGHT:
             raise HTTPException(409, f"Run {run_id} is {run['status']}; cancel it before deleting it")
-        # Its checkpoints stay: they are part of the thread's state and history.
-        await self.log.purge(subjects.run_control(thread_id, run_id))
+        # Its events stay in the log (the audit trail says it ran, and was deleted) and so do
+        # its checkpoints (they are the thread's state and history); runs are no longer listed.
+        await self.log.append_event(contracts.RunDeleted(thread_id=thread_id, run_id=run_id))

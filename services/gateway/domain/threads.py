@@ -3,7 +3,7 @@ from the checkpoints."""
 
 from __future__ import annotations
 
-import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -12,18 +12,21 @@ from fastapi import HTTPException
 import contracts
 from services.gateway import auth, views
 from services.gateway.domain import records
-from services.gateway.models import ThreadCreate
+from services.gateway.models import ThreadCount, ThreadCreate, ThreadSearch
 from threadbus.checkpointer import JetStreamSaver
 from threadbus.graphs import GraphRegistry
+from threadbus.read_model import projection, rows
+from threadbus.read_model.reads import Reads
 from threadbus.threadlog import ThreadLog
 
 
 class Threads:
-    def __init__(self, log: ThreadLog, saver: JetStreamSaver, graphs: GraphRegistry, kv):
+    def __init__(self, log: ThreadLog, saver: JetStreamSaver, graphs: GraphRegistry, kv, reads: Reads):
         self.log = log
         self.saver = saver
         self.graphs = graphs
         self.kv = kv
+        self.reads = reads
 
     async def record(self, thread_id: str) -> dict[str, Any]:
         records.check_uuid(thread_id, "thread")
@@ -50,9 +53,10 @@ class Threads:
         }
         if await records.put_new(self.kv, thread_id, record):
             await self.log.append_event(contracts.ThreadCreated(thread_id=thread_id, metadata=record["metadata"]))
-            return await self.as_object(record)
+            return await self.as_object(thread_id)
         if body.if_exists == "do_nothing":
-            return await self.as_object(await self.record(thread_id))
+            await self.record(thread_id)
+            return await self.as_object(thread_id)
         raise HTTPException(409, f"Thread {thread_id} already exists")
 
     async def patch(self, thread_id: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -70,14 +74,14 @@ class Threads:
         if updated is None:
             raise records.not_found(f"Thread with ID {thread_id}")
         await self.log.append_event(contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"]))
-        return await self.as_object(updated)
+        return await self.as_object(thread_id)
 
     async def copy(self, thread_id: str) -> dict[str, Any]:
         """A new thread with the same metadata and the whole checkpoint history (not the runs)."""
         record = await self.record(thread_id)
         copy = await self.create(ThreadCreate(metadata=record.get("metadata") or {}))
         await self.saver.acopy_thread(thread_id, copy["thread_id"])
-        return await self.as_object(await self.record(copy["thread_id"]))
+        return await self.as_object(copy["thread_id"])
 
     async def delete(self, thread_id: str) -> None:
         await self.record(thread_id)
@@ -85,45 +89,43 @@ class Threads:
         await self.log.delete_thread(thread_id)
         await self.kv.delete(thread_id)
 
-    async def as_object(self, record: dict[str, Any], runs: views.ThreadRuns | None = None) -> dict[str, Any]:
-        thread_id = record["thread_id"]
-        runs = runs or await views.thread_runs(self.log, thread_id)
-        state = await self.state(record)
-        interrupts: dict[str, list] = {}
-        for task in state["tasks"]:
-            if task["interrupts"]:
-                interrupts[task["id"]] = task["interrupts"]
-        failure = runs.last_outcome if isinstance(runs.last_outcome, contracts.RunFailed) else None
-        return {
-            "thread_id": thread_id,
-            "created_at": record["created_at"],
-            "updated_at": record["updated_at"],
-            "state_updated_at": state["created_at"] or record.get("state_updated_at", record["updated_at"]),
-            "metadata": record.get("metadata", {}),
-            "status": runs.state.status,
-            "config": {},
-            "values": state["values"] if state["checkpoint"] else None,
-            "interrupts": interrupts,
-            "error": {"error": failure.error, "message": failure.message} if failure and runs.state.status == "error" else None,
-        }
+    async def as_object(self, thread_id: str) -> dict[str, Any]:
+        """The thread as its log says it is now: the read model's row and the events after it."""
+        view = await self.reads.thread(thread_id)
+        if view.row is None:
+            raise records.not_found(f"Thread with ID {thread_id}")
+        thread = rows.thread_object(view.row)
+        if view.values_stale:
+            # A run ended after the row was written: its result is in the newest checkpoint.
+            thread["values"] = await self._newest_values(thread_id)
+        return thread
 
-    async def search(self, *, metadata=None, values=None, status=None, ids=None) -> list[dict[str, Any]]:
-        filters = await auth.authorize("threads", "search", {"metadata": metadata or {}})
-        found = [
-            r
-            for r in await records.all_records(self.kv)
-            if auth.owns(r.get("metadata"))
-            and auth.satisfies(r.get("metadata"), filters)
-            and records.matches(r.get("metadata") or {}, metadata)
-        ]
-        if ids is not None:
-            found = [r for r in found if r["thread_id"] in set(ids)]
-        objects = await asyncio.gather(*(self.as_object(r) for r in found))
-        return [
-            t
-            for t in objects
-            if (status is None or t["status"] == status) and (not values or records.matches(t["values"] or {}, values))
-        ]
+    async def _newest_values(self, thread_id: str) -> Any:
+        newest = await self.saver.aget_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+        return projection.state_values(newest.checkpoint) if newest else None
+
+    async def search(self, body: ThreadSearch | ThreadCount, *, count: bool = False) -> list[dict[str, Any]] | int:
+        filters = await auth.authorize("threads", "search", {"metadata": body.metadata or {}})
+        query = {
+            "metadata": body.metadata,
+            "values": body.values,
+            "status": body.status,
+            "ids": getattr(body, "ids", None),
+            "required": auth.metadata_conditions(filters),
+        }
+        if count:
+            return await self.reads.count_threads(**query)
+        found = await self.reads.search_threads(
+            **query, limit=body.limit, offset=body.offset, sort_by=body.sort_by, sort_order=body.sort_order
+        )
+        threads = [rows.thread_object(row) for row in found]
+        if body.extract:
+            for thread in threads:
+                thread["extracted"] = {alias: extract(thread, path) for alias, path in body.extract.items()}
+        if body.select:
+            wanted = [*body.select, *(["extracted"] if body.extract else [])]
+            threads = [{k: t.get(k) for k in wanted} for t in threads]
+        return threads
 
     async def _graph(self, record: dict[str, Any]):
         graph_id = (record.get("metadata") or {}).get("graph_id")
@@ -146,8 +148,7 @@ class Threads:
 
     async def update_state(self, thread_id: str, values: Any, as_node: str | None, checkpoint: dict | None) -> dict:
         record = await self.record(thread_id)
-        runs = await views.thread_runs(self.log, thread_id)
-        if runs.state.in_flight or runs.state.running:
+        if await self.reads.in_flight(thread_id):
             raise HTTPException(409, "Thread is busy: a run is in flight; wait for it or cancel it before editing state")
         graph = await self._graph(record)
         if graph is None:
@@ -182,12 +183,34 @@ class Threads:
         """Record which graph the thread runs, as LangGraph Platform does in thread metadata."""
         wanted = {"graph_id": assistant["graph_id"], "assistant_id": assistant["assistant_id"]}
 
+        changed = False
+
         def change(r):
+            nonlocal changed
             meta = r.get("metadata") or {}
             if all(meta.get(k) == v for k, v in wanted.items()):
+                changed = False
                 return None
             r["metadata"] = {**meta, **wanted}
             r["updated_at"] = records.iso_now()
+            changed = True
             return r
 
-        await records.update(self.kv, thread_id, change)
+        updated = await records.update(self.kv, thread_id, change)
+        if changed and updated is not None:
+            # In the log too, so that the read model (and any replay) knows the thread's graph.
+            await self.log.append_event(contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"]))
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
+
+
+def extract(thread: dict[str, Any], path: str) -> Any:
+    """The value at ``path`` (``values.messages[-1].content``) in a thread, or None."""
+    value: Any = thread
+    for key, index in _PATH_PART.findall(path):
+        try:
+            value = value[int(index)] if index else value[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value

@@ -1,4 +1,5 @@
--- Threads, runs and the checkpoint index, projected from the thread log.
+-- Threads, runs and the checkpoint index, projected from the thread log. No foreign keys: the
+-- projector writes a batch of events in log order, and a thread's row is written at the end of it.
 
 -- How far the projector has applied each partition of the thread log: the stream sequence of
 -- the last event applied, written in the same transaction as the rows it produced.
@@ -9,6 +10,7 @@ create table projection_positions (
 
 create table threads (
     thread_id text primary key,
+    partition integer not null,
     created_at timestamptz not null,
     updated_at timestamptz not null,
     state_updated_at timestamptz not null,
@@ -30,7 +32,7 @@ create index threads_created_at on threads (created_at);
 
 create table runs (
     run_id text primary key,
-    thread_id text not null references threads on delete cascade,
+    thread_id text not null,
     assistant_id text not null,
     created_at timestamptz not null,
     updated_at timestamptz not null,
@@ -42,7 +44,7 @@ create table runs (
 create index runs_by_thread on runs (thread_id, created_at desc);
 
 create table checkpoints (
-    thread_id text not null references threads on delete cascade,
+    thread_id text not null,
     checkpoint_ns text not null,
     checkpoint_id text not null,
     run_id text,
