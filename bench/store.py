@@ -6,7 +6,8 @@ WordLlama, 256 dimensions, offline):
 
 - **put throughput**: ``--items`` (20,000) ``store.put_item`` calls over ``--namespaces`` (200)
   namespaces ``("bench", <run>, "ns<k>")``, ``--concurrency`` (32) at a time, each item a short
-  text embedded by the server; ``put_items_per_s`` = items / (first put → last answer).
+  text embedded by the server; ``put_items_per_s`` = items / (first put → last answer);
+  ``put_retries``: puts sent again after a transport error (a keep-alive connection closed).
 - **semantic search**: ``search_items(prefix, query=..., limit=10)`` ``--n`` times (200) after
   ``--warmup`` (20), one after the other, queries cycling over a few topics: over every item
   (``search_all_*``: the 20,000) and over one namespace (``search_namespace_*``: 100). Each
@@ -29,6 +30,8 @@ import sys
 import time
 import uuid
 
+import httpx
+
 from _common import client, ms, percentile, server_for
 
 SUBJECTS = ["groceries and dinner", "walking the dog", "a flight to paris", "the project deadline", "guitar lessons",
@@ -36,18 +39,29 @@ SUBJECTS = ["groceries and dinner", "walking the dog", "a flight to paris", "the
 QUERIES = ["what should I cook tonight", "my pet needs exercise", "travel plans", "work is due soon", "learning music"]
 
 
-async def put_all(c, run: str, items: int, namespaces: int, concurrency: int) -> float:
-    """Seconds to put every item, ``concurrency`` puts in flight."""
+async def put_all(c, run: str, items: int, namespaces: int, concurrency: int) -> tuple[float, int]:
+    """Seconds to put every item, ``concurrency`` puts in flight, and how many puts were sent
+    again: a keep-alive connection the server closes just as the client reuses it fails the
+    request (httpx.ReadError) before the server saw it; a put is idempotent, so it is repeated."""
     slots = asyncio.Semaphore(concurrency)
+    retries = 0
 
     async def put(i: int) -> None:
+        nonlocal retries
+        text = f"Note {i}: about {SUBJECTS[i % len(SUBJECTS)]}, item {i // len(SUBJECTS)}"
         async with slots:
-            text = f"Note {i}: about {SUBJECTS[i % len(SUBJECTS)]}, item {i // len(SUBJECTS)}"
-            await c.store.put_item(["bench", run, f"ns{i % namespaces:03d}"], f"k{i}", {"text": text, "i": i})
+            for attempt in range(3):
+                try:
+                    await c.store.put_item(["bench", run, f"ns{i % namespaces:03d}"], f"k{i}", {"text": text, "i": i})
+                    return
+                except httpx.TransportError:
+                    if attempt == 2:
+                        raise
+                    retries += 1
 
     start = time.perf_counter()
     await asyncio.gather(*(put(i) for i in range(items)))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, retries
 
 
 async def latencies(call, n: int, warmup: int, check) -> list[float]:
@@ -76,7 +90,7 @@ def ten(answer) -> None:
 async def measure(url: str, name: str, args) -> dict:
     c = client(url)
     run = uuid.uuid4().hex[:8]
-    elapsed = await put_all(c, run, args.items, args.namespaces, args.concurrency)
+    elapsed, retries = await put_all(c, run, args.items, args.namespaces, args.concurrency)
     prefix, one = ["bench", run], ["bench", run, "ns001"]
     search_all = await latencies(
         lambda i: c.store.search_items(prefix, query=QUERIES[i % len(QUERIES)], limit=10), args.n, args.warmup, ranked
@@ -90,6 +104,7 @@ async def measure(url: str, name: str, args) -> dict:
         "server": name,
         "items": args.items,
         "put_items_per_s": round(args.items / elapsed, 1),
+        "put_retries": retries,
         "search_all_p50_ms": ms(percentile(search_all, 50)),
         "search_all_p99_ms": ms(percentile(search_all, 99)),
         "search_namespace_p50_ms": ms(percentile(search_one, 50)),
