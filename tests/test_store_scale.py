@@ -111,6 +111,7 @@ async def test_a_search_page_costs_the_same_at_200_and_20000_items(tmp_path):
         small = {name: await _cost(proc, server.monitor_port, db, call, sql) for name, (call, sql) in pages.items()}
 
         await _load(store, range(2, 200))
+        await store.search_index.caught_up(timeout=300)  # a bulk load: the gateway's searches wait 10 s at most
         found = await client.store.list_namespaces(prefix=["scale"], limit=1000)
         assert len(found["namespaces"]) == 200
         large = {name: await _cost(proc, server.monitor_port, db, call, sql) for name, (call, sql) in pages.items()}

@@ -11,13 +11,15 @@ that also moves the position, under a row lock on it; a batch at or below the po
 skipped, so any number of projectors keep one index without applying anything twice.
 
 Exact reads: :meth:`StoreIndex.caught_up` asks the broker for the bucket's last sequence and
-waits until this process's projector has seen it applied, so a search sees every write
-acknowledged before it (one broker request per search, whatever the store holds).
+waits until the index has applied it (this process's projector says so, or, while it lags, the
+index's stored position), so a search sees every write acknowledged before it (one broker
+request per search, whatever the store holds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -236,8 +238,17 @@ class StoreIndex:
         if self.applied >= last:
             return
         try:
-            async with asyncio.timeout(timeout), self._progress:
-                await self._progress.wait_for(lambda: self.applied >= last)
+            async with asyncio.timeout(timeout):
+                while self.applied < last:
+                    # Another process's projector may have applied it while this one lags: the
+                    # index's own position says so.
+                    async with self._progress:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._progress.wait_for(lambda: self.applied >= last), 0.1)
+                    if self.applied < last:
+                        async with self.db.connection() as conn:
+                            row = await (await conn.execute("select position from store_index_position")).fetchone()
+                        await self._advance(row["position"])
         except TimeoutError:
             log.warning("store index behind the bucket", applied=self.applied, bucket_last=last)
             raise StoreIndexBehind(f"the store index has applied {self.applied} of {last} bucket messages") from None
