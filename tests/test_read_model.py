@@ -17,7 +17,6 @@ import pytest
 from psycopg.rows import dict_row
 from langgraph_sdk import get_client
 
-from contracts import subjects
 from tests.support import TEST_GRAPHS, ThreadbusProcess, assert_verified
 from threadbus.embedded import EmbeddedNats, EmbeddedPostgres
 from threadbus.read_model.database import Database
@@ -71,7 +70,7 @@ async def rebuild(broker_url: str, database_url: str) -> None:
     nc = await nats.connect(broker_url)
     db = Database(database_url)
     await db.open()
-    tasks = [asyncio.create_task(Projector(nc, db, p).run()) for p in range(subjects.PARTITIONS)]
+    tasks = [asyncio.create_task(Projector(nc, db).run())]
     try:
         await Reads(db, ThreadLog(nc), catch_up_timeout_s=60).caught_up()
     finally:
