@@ -38,8 +38,9 @@ class Backend:
         self.reads = Reads(self.db, self.log, catch_up_timeout_s=self.settings.decision_timeout_s)
         self.threads = Threads(self.log, self.saver, self.graphs, await self.js.key_value(broker.THREADS_BUCKET), self.reads)
         self.runs = Runs(self.log, self.settings, self.assistants, self.threads, self.reads)
-        self.store = await open_store(self.js, self.graphs.raw)
+        self.store = await open_store(self.js, self.db, self.graphs)
         await self.assistants.register_graphs()
 
     async def stop(self) -> None:
+        await self.store.close()
         await self.db.close()
