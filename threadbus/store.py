@@ -224,19 +224,13 @@ class JetStreamStore(BaseStore):
 
     async def _records(self, prefix: tuple[str, ...]) -> list[dict[str, Any]]:
         """Every live item under the namespace prefix, read in one pass of a KV watcher."""
-        watcher = await self.kv.watch(".".join([*(part(n) for n in prefix), ">"]), ignore_deletes=True)
         records = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the watcher's "caught up" marker
-                    break
-                record = orjson.loads(entry.value)
-                if (expires := record.get("expires_at")) and datetime.fromisoformat(expires) <= _now():
-                    await self._expire(entry.key, entry.revision)
-                    continue
-                records.append(record)
-        finally:
-            await watcher.stop()
+        for entry in await broker.kv_scan(self.kv, ".".join([*(part(n) for n in prefix), ">"])):
+            record = orjson.loads(entry.value)
+            if (expires := record.get("expires_at")) and datetime.fromisoformat(expires) <= _now():
+                await self._expire(entry.key, entry.revision)
+                continue
+            records.append(record)
         return records
 
     async def _search(self, op: SearchOp) -> list[SearchItem]:

@@ -50,12 +50,15 @@ class Executor:
         self.graphs = graphs
         self.log = ThreadLog(nc)
         self.saver = JetStreamSaver(self.log)
+        # One context for every run's stream chunks: each context subscribes its own inbox for
+        # publish_async acknowledgements, and never unsubscribes it.
+        self.js = nc.jetstream()
         self.active: dict[str, asyncio.Task] = {}
         self.cancelled: set[str] = set()
         self.deleting: set[asyncio.Task] = set()  # stateless runs' threads, deleted a moment later
 
     async def run(self, stop: asyncio.Event) -> None:
-        js = self.nc.jetstream()
+        js = self.js
         self.store = await open_store(js, self.graphs.raw)
         psub = await js.pull_subscribe_bind(durable=broker.EXECUTOR_CONSUMER, stream=subjects.THREAD_STREAM)
         cancels = await self.nc.subscribe(subjects.cancels_published(), cb=self._on_cancel)
@@ -267,7 +270,7 @@ class Executor:
         if retry and await self._has_checkpoint_of(thread_id, run_id):
             # An earlier delivery got some steps done: continue from its last checkpoint.
             graph_input = None
-        stream = RunStreamWriter(self.nc.jetstream(), thread_id, run_id, kwargs.stream_mode)
+        stream = RunStreamWriter(self.js, thread_id, run_id, kwargs.stream_mode)
         try:
             await stream.run(
                 graph,

@@ -135,12 +135,7 @@ class Backend:
 
     @staticmethod
     async def _all(kv) -> list[dict[str, Any]]:
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        records = await asyncio.gather(*(Backend._get(kv, k) for k in keys))
-        return [r for r, _ in filter(None, records)]
+        return [orjson.loads(entry.value) for entry in await broker.kv_scan(kv) if entry.value]
 
     # -- assistants ---------------------------------------------------------------------------
     def _assistant_record(self, graph_id: str, *, system: bool = False, **fields: Any) -> dict[str, Any]:
@@ -240,15 +235,7 @@ class Backend:
 
     async def assistant_versions(self, assistant_id: str, metadata: dict | None = None) -> list[dict[str, Any]]:
         """Every stored version of the assistant, newest first."""
-        watcher = await self.versions_kv.watch(f"{assistant_id}.*", ignore_deletes=True)
-        versions = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                versions.append(orjson.loads(entry.value))
-        finally:
-            await watcher.stop()
+        versions = [orjson.loads(entry.value) for entry in await broker.kv_scan(self.versions_kv, f"{assistant_id}.*")]
         versions = [v for v in versions if matches(v.get("metadata") or {}, metadata)]
         return sorted(versions, key=lambda v: v["version"], reverse=True)
 
