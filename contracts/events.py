@@ -134,8 +134,12 @@ class RunStopped(Event, tag=True, kw_only=True):
 
 
 class RunSucceeded(Event, tag=True, kw_only=True):
+    """The run ended; its result is the state in checkpoint ``checkpoint_id``, the thread's newest
+    checkpoint (root namespace) when the run ended."""
+
     run_id: str
-    values: Any = None
+    checkpoint_id: str | None = None
+    values: Any = None  # written by threadbus before outcomes named their checkpoint; read, never written
 
 
 RUN_TIMEOUT = "RunTimeout"
@@ -154,7 +158,8 @@ class RunInterrupted(Event, tag=True, kw_only=True):
     ended ``success``; the thread is ``interrupted`` until a run resumes it."""
 
     run_id: str
-    values: Any = None
+    checkpoint_id: str | None = None  # the paused state, as in RunSucceeded
+    values: Any = None  # written by threadbus before outcomes named their checkpoint; read, never written
     interrupts: dict[str, list[dict[str, Any]]] = msgspec.field(default_factory=dict)
 
 

@@ -80,6 +80,9 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         super().__init__(serde=serde)
         self.log = log
         self.guard = guard
+        # The root namespace's checkpoint this saver last wrote or wrote against: the state a run
+        # ended in, known without reading it back.
+        self.current_checkpoint_id: str | None = None
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -89,6 +92,7 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         """A saver for one run: same log, serde and loop, appends guarded by ``guard``."""
         clone = copy.copy(self)
         clone.guard = guard
+        clone.current_checkpoint_id = None
         return clone
 
     # -- async API ----------------------------------------------------------------------------
@@ -154,6 +158,8 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         # A fresh id per call: append reuses it for the call's own retries, and a checkpoint saved
         # again later (a redelivered run, a copy after a delete) is a new record, read as the newest.
         await self._append(subjects.checkpoint(thread_id, run, ns, checkpoint_id), event, str(uuid.uuid4()))
+        if not ns:
+            self.current_checkpoint_id = checkpoint_id
         return _config(thread_id, ns, checkpoint_id)
 
     async def aput_writes(
@@ -182,6 +188,8 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         await self._append(
             subjects.writes_record(thread_id, self._run, ns, checkpoint_id, task_id), event, str(uuid.uuid4())
         )
+        if not ns:
+            self.current_checkpoint_id = checkpoint_id
 
     async def adelete_thread(self, thread_id: str) -> None:
         # The thread's control events stay: the thread and its runs are the orchestrator's.

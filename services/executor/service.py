@@ -150,19 +150,10 @@ class Executor:
             await msg.ack()
 
     async def _execute_run(self, msg, thread_id: str, run_id: str, started_seq: int) -> None:
-        control = subjects.run_control(thread_id, run_id)
-        entries = await self.log.read(control)
-        if (not entries or entries[-1].seq < started_seq) and await self.log.exists(started_seq):
-            # A replica that has not applied the RunStarted yet answered: ask until one has.
-            entries = await self.log.read(control, through=started_seq)
-        if not entries or entries[-1].seq != started_seq:
-            # Cancelled, finished or compacted since it was started: nothing to execute.
-            await self._confirm_stop(thread_id, run_id)
-            return
-        requested = next((e.event() for e in entries if e.subject.endswith(".requested")), None)
+        deliveries = msg.metadata.num_delivered
+        requested = await self._requested(msg, thread_id, run_id, started_seq, deliveries)
         if requested is None:
             return
-        deliveries = msg.metadata.num_delivered
         if deliveries > 1:
             metrics.REDELIVERIES.inc()
         if deliveries > self.settings.executor_max_deliver:
@@ -221,6 +212,30 @@ class Executor:
             task = asyncio.create_task(self._delete_soon(thread_id))
             self.deleting.add(task)
             task.add_done_callback(self.deleting.discard)
+
+    async def _requested(self, msg, thread_id: str, run_id: str, started_seq: int, deliveries: int):
+        """The run's request, or None when there is nothing to execute.
+
+        A first delivery reads only the request, one direct get on its stored subject (the
+        RunStarted's sibling): a cancel that came meanwhile is found by the run's first guarded
+        append, which is refused. A redelivery reads the run's control events first, since the run
+        was often stopped, finished or compacted since it started.
+        """
+        if deliveries == 1:
+            entry = await self.log.last(subjects.sibling(msg.subject, "RunRequested"))
+            if entry is not None:
+                return entry.event()
+            # Compacted already, or a replica behind the leader answered: read the whole story.
+        control = subjects.run_control(thread_id, run_id)
+        entries = await self.log.read(control)
+        if (not entries or entries[-1].seq < started_seq) and await self.log.exists(started_seq):
+            # A replica that has not applied the RunStarted yet answered: ask until one has.
+            entries = await self.log.read(control, through=started_seq)
+        if not entries or entries[-1].seq != started_seq:
+            # Cancelled, finished or compacted since it was started: nothing to execute.
+            await self._confirm_stop(thread_id, run_id)
+            return None
+        return next((e.event() for e in entries if e.subject.endswith(".requested")), None)
 
     async def _delete_soon(self, thread_id: str) -> None:
         # The client waiting on a stateless run follows the run's events in the thread's log;
@@ -284,14 +299,19 @@ class Executor:
         finally:
             # Whatever was streamed is stored before the outcome (or the stop) is appended.
             await asyncio.shield(stream.flush())
+        if not stream.paused and saver.current_checkpoint_id is not None:
+            # The common case, known without decoding the final state a second time.
+            return contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, checkpoint_id=saver.current_checkpoint_id)
+        # A pause, whose interrupts the state has by task, or a run that wrote nothing (a
+        # redelivery of a run that had ended): read the state back.
         snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-        values = jsonable(snapshot.values)
+        checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
         if snapshot.next:
             interrupts = {
                 task.id: [jsonable(i) for i in task.interrupts] for task in snapshot.tasks if task.interrupts
             }
-            return contracts.RunInterrupted(thread_id=thread_id, run_id=run_id, values=values, interrupts=interrupts)
-        return contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, values=values)
+            return contracts.RunInterrupted(thread_id=thread_id, run_id=run_id, checkpoint_id=checkpoint_id, interrupts=interrupts)
+        return contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, checkpoint_id=checkpoint_id)
 
     async def _has_checkpoint_of(self, thread_id: str, run_id: str) -> bool:
         newest = await self.log.last(subjects.checkpoints(thread_id))

@@ -21,10 +21,11 @@ from nats.aio.client import Client as NATS
 
 import contracts
 from contracts import subjects
-from services.gateway import auth, views
+from services.gateway import auth, results, views
 from services.gateway.models import AssistantCreate, AssistantPatch, RunCreate, ThreadCreate
 from threadbus import broker, logs
 from threadbus.checkpointer import JetStreamSaver
+from threadbus.jsonable import jsonable
 from threadbus.graphs import GraphRegistry, assistant_id_for
 from threadbus.settings import Settings
 from threadbus.store import open_store
@@ -502,12 +503,17 @@ class Backend:
         log.info("run accepted", thread_id=request.thread_id, run_id=request.run_id, strategy=request.multitask_strategy)
         return views.run_object(views.RunRecord(requested=request, updated_at=request.at), "pending")
 
-    async def result_values(self, thread_id: str, outcome: contracts.Event) -> Any:
-        """What ``wait`` and ``join`` return: the final values, with ``__interrupt__`` or ``__error__``."""
+    async def result_values(self, thread_id: str, outcome: contracts.Event, graph_id: str | None = None) -> Any:
+        """What ``wait`` and ``join`` return: the final values, with ``__interrupt__`` or ``__error__``.
+        ``graph_id``: the run's graph, when the caller knows it (else the thread's record says)."""
         match outcome:
+            case contracts.RunSucceeded(values=None, checkpoint_id=str(checkpoint_id)):
+                return await self._checkpoint_values(thread_id, checkpoint_id, graph_id)
             case contracts.RunSucceeded(values=values):
                 return values
-            case contracts.RunInterrupted(values=values, interrupts=interrupts):
+            case contracts.RunInterrupted(values=values, interrupts=interrupts, checkpoint_id=checkpoint_id):
+                if values is None:
+                    values = await self._paused_values(thread_id, checkpoint_id, graph_id)
                 flat = [i for group in interrupts.values() for i in group]
                 if not flat:  # paused by interrupt_before/after: no interrupt values to show
                     return values
@@ -515,6 +521,37 @@ class Backend:
             case contracts.RunFailed(error=error, message=message):
                 return {"__error__": {"error": error, "message": message}}
         return await self.values_of(thread_id)
+
+    async def _run_graph(self, thread_id: str, graph_id: str | None):
+        if graph_id is None:
+            try:
+                return await self._thread_graph(await self.thread_record(thread_id))
+            except HTTPException:
+                return None
+        if graph_id not in self.graphs:
+            return None
+        graph = await self.graphs.build(graph_id, {"configurable": {"thread_id": thread_id}})
+        return graph.copy(update={"checkpointer": self.saver})
+
+    async def _checkpoint_values(self, thread_id: str, checkpoint_id: str, graph_id: str | None) -> Any:
+        graph = await self._run_graph(thread_id, graph_id)
+        if graph is None:
+            return {}
+        values = await results.checkpoint_values(self.saver, graph, thread_id, checkpoint_id)
+        return {} if values is None else values
+
+    async def _paused_values(self, thread_id: str, checkpoint_id: str | None, graph_id: str | None) -> Any:
+        """The values of a pause, as the thread's state shows them while it is paused there: with
+        the writes of the tasks that finished beside the interrupted one (parallel branches)."""
+        graph = await self._run_graph(thread_id, graph_id)
+        if graph is None:
+            return {}
+        snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+        if checkpoint_id is None or (snapshot.config or {}).get("configurable", {}).get("checkpoint_id") == checkpoint_id:
+            return jsonable(snapshot.values)
+        # The thread moved on since: the pause's own checkpoint.
+        values = await results.checkpoint_values(self.saver, graph, thread_id, checkpoint_id)
+        return {} if values is None else values
 
     async def values_of(self, thread_id: str) -> Any:
         try:

@@ -43,7 +43,8 @@ async def _wait(request: Request, thread_id: str, body: RunCreate, *, temporary:
         # No decision came in time, and the timeout ended that reader: follow the run afresh.
         async with b.run_events(thread_id, run_request.run_id) as events:
             outcome = await views.outcome(events)
-    return JSONResponse(await b.result_values(thread_id, outcome), headers=_location(run, join=True))
+    result = await b.result_values(thread_id, outcome, run_request.graph_id)
+    return JSONResponse(result, headers=_location(run, join=True))
 
 
 @router.post("/threads/{thread_id}/runs")
@@ -127,10 +128,11 @@ async def get(thread_id: str, run_id: str, request: Request):
 @router.get("/threads/{thread_id}/runs/{run_id}/join")
 async def join(thread_id: str, run_id: str, request: Request):
     b = backend(request)
-    _, run = await b.find_run(thread_id, run_id)
+    runs, run = await b.find_run(thread_id, run_id)
     async with b.run_events(thread_id, run_id) as events:
         outcome = await views.outcome(events)
-    return JSONResponse(await b.result_values(thread_id, outcome), headers=_location(run, join=True))
+    result = await b.result_values(thread_id, outcome, runs.runs[run_id].requested.graph_id)
+    return JSONResponse(result, headers=_location(run, join=True))
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/stream")

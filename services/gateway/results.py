@@ -1,0 +1,31 @@
+"""What ``wait``, ``join`` and webhooks answer with: a run's result, read from the checkpoint its
+outcome names.
+
+An outcome says which checkpoint holds the run's final state (``checkpoint_id``); the values are
+read from that one record with one direct get and decoded once, with the graph's own channels, as
+LangGraph's ``StateSnapshot.values`` are (not a replay of the thread, not a state read).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.pregel._checkpoint import achannels_from_checkpoint
+from langgraph.pregel._io import read_channels
+
+from contracts import subjects
+from threadbus.checkpointer import JetStreamSaver
+from threadbus.jsonable import jsonable
+
+
+async def checkpoint_values(saver: JetStreamSaver, graph, thread_id: str, checkpoint_id: str) -> Any:
+    """The state values in one checkpoint of the thread's root namespace; None when it is gone."""
+    entry = await saver.log.last(subjects.checkpoints(thread_id, "", checkpoint_id))
+    if entry is None:
+        return None
+    checkpoint = saver.serde.loads_typed((entry.event().checkpoint.type, entry.event().checkpoint.data))
+    config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
+    # LangGraph's own reading of channels from a checkpoint: a channel's stored form is not always
+    # its value (a delta channel replays its history through the saver).
+    channels, _ = await achannels_from_checkpoint(graph.channels, checkpoint, saver=saver, config=config)
+    return jsonable(read_channels(channels, graph.stream_channels_asis))
