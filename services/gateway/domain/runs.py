@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import HTTPException
@@ -19,6 +18,7 @@ from services.gateway.domain import records
 from services.gateway.domain.assistants import Assistants
 from services.gateway.domain.threads import Threads
 from services.gateway.models import RunCreate, ThreadCreate
+from services.gateway.run_watch import RunWatch
 from threadbus import logs
 from threadbus.read_model import projection, rows
 from threadbus.read_model.reads import Reads
@@ -31,22 +31,20 @@ IN_FLIGHT = ("pending", "running")
 
 
 class Runs:
-    def __init__(self, log: ThreadLog, settings: Settings, assistants: Assistants, threads: Threads, reads: Reads):
+    def __init__(
+        self, log: ThreadLog, settings: Settings, assistants: Assistants, threads: Threads, reads: Reads, watch: RunWatch
+    ):
         self.log = log
         self.settings = settings
         self.assistants = assistants
         self.threads = threads
         self.reads = reads
+        self.watch = watch
 
-    @asynccontextmanager
-    async def events(self, thread_id: str, run_id: str) -> AsyncIterator[AsyncIterator[contracts.Event]]:
-        async with self.log.follow(subjects.run_control(thread_id, run_id)) as entries:
-
-            async def events():
-                async for entry in entries:
-                    yield entry.event()
-
-            yield events()
+    def events(self, thread_id: str, run_id: str, *, fresh: bool = False):
+        """The run's control events from its first (a context manager: :meth:`RunWatch.events`).
+        ``fresh``: a run whose request is about to be appended."""
+        return self.watch.events(thread_id, run_id, fresh=fresh)
 
     async def prepare(
         self, thread_id: str, body: RunCreate, *, temporary: bool = False, run_id: str | None = None
@@ -56,14 +54,15 @@ class Runs:
         assistant = await self.assistants.for_run(body.assistant_id)
         if not temporary:
             try:
-                await self.threads.record(thread_id)
+                record = await self.threads.record(thread_id)
             except HTTPException as err:
                 if err.status_code != 404:
                     raise
                 if body.if_not_exists != "create":
                     raise HTTPException(404, "Thread or assistant not found.") from None
                 await self.threads.create(ThreadCreate(thread_id=thread_id, if_exists="do_nothing"))
-            await self.threads.remember_graph(thread_id, assistant)
+                record = None
+            await self.threads.remember_graph(thread_id, assistant, known=record)
         stream_mode = body.stream_mode or ["values"]
         config = records.merge_config(assistant.get("config"), body.config)
         return contracts.RunRequested(

@@ -179,8 +179,9 @@ class Threads:
             return {}
         return (await self.state(record))["values"]
 
-    async def remember_graph(self, thread_id: str, assistant: dict[str, Any]) -> None:
-        """Record which graph the thread runs, as LangGraph Platform does in thread metadata."""
+    async def remember_graph(self, thread_id: str, assistant: dict[str, Any], *, known: dict[str, Any] | None = None) -> None:
+        """Record which graph the thread runs, as LangGraph Platform does in thread metadata.
+        ``known``: the thread's record as just read; when it says so already, nothing is read again."""
         wanted = {"graph_id": assistant["graph_id"], "assistant_id": assistant["assistant_id"]}
 
         def change(r):
@@ -191,6 +192,8 @@ class Threads:
             r["updated_at"] = records.iso_now()
             return r
 
+        if known is not None and change(dict(known)) is None:
+            return
         await records.update(self.kv, thread_id, change)
 
 
