@@ -6,8 +6,9 @@ a gateway ticking crons every second piled up hundreds of consumers that way. A 
 watch for the life of the process instead, and answers from memory.
 
 A cache, not the truth (DESIGN invariant 6): entries arrive a moment after they are written, so a
-writer that must read its own write at once records it with :meth:`KVMirror.note`; reads that must
-be exact (a revision check before an update) still go to the bucket.
+writer that must read its own write at once records it with :meth:`KVMirror.note`, or marks the
+key with :meth:`KVMirror.invalidate` until the watch brings it; reads that must be exact (a
+revision check before an update) still go to the bucket.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class KVMirror:
         # key -> (revision, value); a value of None is a deletion, kept so that an older put
         # delivered late cannot bring the key back.
         self.entries: dict[str, tuple[int, bytes | None]] = {}
+        # key -> the revision held when a write of ours began: not answered from memory until the
+        # watch has delivered a newer one.
+        self.stale: dict[str, int] = {}
         self.ready = asyncio.Event()
         self._watcher = None
         self._task: asyncio.Task | None = None
@@ -58,6 +62,14 @@ class KVMirror:
         known = self.entries.get(key)
         if known is None or revision >= known[0]:
             self.entries[key] = (revision, value)
+        if key in self.stale and revision > self.stale[key]:
+            del self.stale[key]
+
+    def invalidate(self, key: str) -> None:
+        """Before a write of ours whose revision we will not learn: ``key`` is read from the
+        bucket, not from memory, until the watch delivers the write (or any newer one)."""
+        known = self.entries.get(key)
+        self.stale[key] = known[0] if known else 0
 
     def note(self, key: str, revision: int, record: dict | None) -> None:
         """Our own write (``None``: a delete), visible here before the watch delivers it."""
@@ -66,7 +78,7 @@ class KVMirror:
     def get(self, key: str) -> tuple[dict, int] | None:
         """The record stored under ``key`` and its revision, decoded afresh (callers may change it)."""
         known = self.entries.get(key)
-        if known is None or not known[1]:
+        if known is None or not known[1] or key in self.stale:
             return None
         return orjson.loads(known[1]), known[0]
 

@@ -36,6 +36,7 @@ class Backend:
         self.assistants = Assistants(
             self.graphs, await self.js.key_value(broker.ASSISTANTS_BUCKET), await self.js.key_value(broker.ASSISTANT_VERSIONS_BUCKET)
         )
+        await self.assistants.start()
         self.reads = Reads(self.db, self.log, catch_up_timeout_s=self.settings.decision_timeout_s)
         self.threads = Threads(self.log, self.saver, self.graphs, await self.js.key_value(broker.THREADS_BUCKET), self.reads)
         self.run_watch = RunWatch(self.log)
@@ -46,4 +47,5 @@ class Backend:
 
     async def stop(self) -> None:
         await self.run_watch.stop()
+        await self.assistants.stop()
         await self.db.close()

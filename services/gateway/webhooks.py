@@ -22,6 +22,7 @@ import contracts
 from contracts import subjects
 from services.gateway import views
 from threadbus import broker, logs
+from threadbus.thread_state import ThreadState, evolve
 from threadbus.jsonable import jsonable
 
 log = logs.get("threadbus.gateway.webhooks")
@@ -60,14 +61,18 @@ class WebhookSender:
             return
         thread_id, run_id = outcome.thread_id, outcome.run_id
         with structlog.contextvars.bound_contextvars(thread_id=thread_id, run_id=run_id):
-            runs = await views.thread_runs(self.backend.log, thread_id)
-            record = runs.runs.get(run_id)
-            if record is None or not record.requested.kwargs.webhook:
+            # The run's own request (one direct get on its literal subject), not a fold of the
+            # thread: this runs for every outcome, and most runs have no webhook.
+            requested = await self.backend.log.last(subjects.sibling(msg.subject, "RunRequested"))
+            request = requested.event() if requested is not None else None
+            if request is None or not request.kwargs.webhook:
                 await msg.ack()
                 return
-            url = record.requested.kwargs.webhook
+            record = views.RunRecord(requested=request, updated_at=outcome.at, outcome=outcome)
+            status = evolve(ThreadState(thread_id=thread_id), outcome).statuses.get(run_id, "success")
+            url = request.kwargs.webhook
             body = {
-                **views.run_object(record, runs.status_of(run_id) or "success"),
+                **views.run_object(record, status),
                 "values": await self.backend.runs.result_values(thread_id, outcome, record.requested.graph_id),
                 "webhook_sent_at": contracts.now().isoformat(),
             }

@@ -1,0 +1,123 @@
+"""What a no-op run costs the broker, counted: messages per run and sequential round trips.
+
+Messages: nats-server's own counters (``/varz`` ``in_msgs`` + ``out_msgs``, every message of every
+client and the server's answers and deliveries) before and after N ``runs.wait`` of the ``noop``
+graph through one ``threadbus dev``, each on a thread of its own (a thread's history would add
+its own cost to every read).
+
+Round trips: the three services run in this test's process, with every broker operation a caller
+waits for (a request, a batched direct get, the flush of a run's stream chunks) marked while it
+is in flight. A round trip on the critical path is a moment the system goes from waiting for
+nothing to waiting for the broker: operations in flight together (pipelined) count once, one after
+the other count each. The executor's long-polling fetch is left out (it waits for work, not for
+an answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from langgraph_sdk import get_client
+from nats.aio.client import Client
+
+from services.executor.streaming import RunStreamWriter
+from tests.support import TEST_GRAPHS, ThreadbusProcess, database_for, monitoring
+from threadbus import cli
+from threadbus.embedded import EmbeddedNats, free_port
+from threadbus.settings import Settings
+from threadbus.threadlog import ThreadLog
+
+RUNS = 60
+MESSAGES_PER_RUN = 45
+ROUND_TRIPS_PER_WAIT = 10
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    server = EmbeddedNats(tmp_path_factory.mktemp("budget-nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_a_noop_run_costs_at_most_45_broker_messages(tmp_path_factory):
+    server = EmbeddedNats(tmp_path_factory.mktemp("budget-messages-nats"))
+    server.start()
+    proc = ThreadbusProcess(
+        ["dev", "--nats-url", server.url, "--config", str(TEST_GRAPHS)], log_path=server.data_dir / "threadbus.log"
+    ).start()
+    try:
+        client = get_client(url=proc.url)
+        threads = [(await client.threads.create())["thread_id"] for _ in range(RUNS + 1)]
+        await client.runs.wait(threads.pop(), "noop", input={})  # first-run costs (imports, caches) out of the count
+        before = monitoring(server, "/varz")
+        for tid in threads:
+            await client.runs.wait(tid, "noop", input={})
+        after = monitoring(server, "/varz")
+    finally:
+        proc.stop()
+        server.stop()
+    per_run = (after["in_msgs"] - before["in_msgs"] + after["out_msgs"] - before["out_msgs"]) / RUNS
+    print(f"\nbroker messages per no-op run: {per_run:.1f}")
+    assert per_run <= MESSAGES_PER_RUN
+
+
+class RoundTrips:
+    """Counts the moments the process starts waiting on the broker while nothing else is waited for."""
+
+    def __init__(self):
+        self.in_flight = 0
+        self.rounds = 0
+
+    def wrap(self, fn, *, skip=lambda *args, **kwargs: False):
+        async def waited(*args, **kwargs):
+            if skip(*args, **kwargs):
+                return await fn(*args, **kwargs)
+            if self.in_flight == 0:
+                self.rounds += 1
+            self.in_flight += 1
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                self.in_flight -= 1
+
+        return waited
+
+
+async def test_runs_wait_takes_at_most_10_sequential_broker_round_trips(broker, monkeypatch):
+    trips = RoundTrips()
+    monkeypatch.setattr(Client, "request", trips.wrap(Client.request))
+    monkeypatch.setattr(ThreadLog, "_direct_batch", trips.wrap(ThreadLog._direct_batch))
+    monkeypatch.setattr(RunStreamWriter, "flush", trips.wrap(RunStreamWriter.flush))
+    settings = Settings(
+        nats_url=broker.url, database_url=database_for(broker.url), config=str(TEST_GRAPHS), port=free_port()
+    )
+    stop = asyncio.Event()
+    services = [
+        asyncio.create_task(cli.run_orchestrator(settings, stop)),
+        asyncio.create_task(cli.run_executor(settings, stop)),
+        asyncio.create_task(cli.run_gateway(settings, stop)),
+    ]
+    try:
+        client = get_client(url=f"http://127.0.0.1:{settings.port}")
+        async with asyncio.timeout(60):
+            while True:
+                with contextlib.suppress(Exception):
+                    await client.assistants.search()
+                    break
+                await asyncio.sleep(0.2)
+        tid = (await client.threads.create())["thread_id"]
+        await client.runs.wait(tid, "noop", input={})
+        counts = []
+        for _ in range(5):
+            # Leases are renewed every few seconds and may fall into one wait: the fewest counts.
+            start = trips.rounds
+            await client.runs.wait(tid, "noop", input={})
+            counts.append(trips.rounds - start)
+    finally:
+        stop.set()
+        await asyncio.gather(*services, return_exceptions=True)
+    print(f"\nsequential broker round trips per runs.wait: {counts}")
+    assert min(counts) <= ROUND_TRIPS_PER_WAIT, counts
