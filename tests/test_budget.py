@@ -90,10 +90,14 @@ async def test_runs_wait_takes_at_most_10_sequential_broker_round_trips(broker, 
     trips = RoundTrips()
     monkeypatch.setattr(Client, "request", trips.wrap(Client.request))
     monkeypatch.setattr(ThreadLog, "_direct_batch", trips.wrap(ThreadLog._direct_batch))
-    monkeypatch.setattr(RunStreamWriter, "flush", trips.wrap(RunStreamWriter.flush))
-    settings = Settings(
-        nats_url=broker.url, database_url=database_for(broker.url), config=str(TEST_GRAPHS), port=free_port()
-    )
+    # A flush whose acknowledgements are all in waits for nothing.
+    acknowledged = lambda writer: all(f.done() for f in writer.pending)  # noqa: E731
+    monkeypatch.setattr(RunStreamWriter, "flush", trips.wrap(RunStreamWriter.flush, skip=acknowledged))
+    monkeypatch.setenv("THREADBUS_NATS_URL", broker.url)
+    monkeypatch.setenv("THREADBUS_DATABASE_URL", database_for(broker.url))
+    monkeypatch.setenv("THREADBUS_CONFIG", str(TEST_GRAPHS))
+    monkeypatch.setenv("THREADBUS_PORT", str(free_port()))
+    settings = Settings()
     stop = asyncio.Event()
     services = [
         asyncio.create_task(cli.run_orchestrator(settings, stop)),
@@ -112,7 +116,6 @@ async def test_runs_wait_takes_at_most_10_sequential_broker_round_trips(broker, 
         await client.runs.wait(tid, "noop", input={})
         counts = []
         for _ in range(5):
-            # Leases are renewed every few seconds and may fall into one wait: the fewest counts.
             start = trips.rounds
             await client.runs.wait(tid, "noop", input={})
             counts.append(trips.rounds - start)
@@ -120,4 +123,6 @@ async def test_runs_wait_takes_at_most_10_sequential_broker_round_trips(broker, 
         stop.set()
         await asyncio.gather(*services, return_exceptions=True)
     print(f"\nsequential broker round trips per runs.wait: {counts}")
-    assert min(counts) <= ROUND_TRIPS_PER_WAIT, counts
+    # Background work (lease renewals, a webhook check of the previous run) can fall into one
+    # wait, adding a round or hiding one behind its own: the median is the wait's own count.
+    assert sorted(counts)[len(counts) // 2] <= ROUND_TRIPS_PER_WAIT, counts

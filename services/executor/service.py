@@ -27,7 +27,7 @@ import contracts
 from contracts import subjects
 from services.executor.streaming import RunStreamWriter
 from threadbus import broker, logs, metrics
-from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSuperseded
+from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSaver, RunSuperseded
 from threadbus.graphs import GraphRegistry
 from threadbus.jsonable import jsonable
 from threadbus.settings import Settings
@@ -150,6 +150,15 @@ class Executor:
             await msg.ack()
 
     async def _execute_run(self, msg, thread_id: str, run_id: str, started_seq: int) -> None:
+        saver = self.saver.bound(RunGuard(thread_id=thread_id, run_id=run_id, started_seq=started_seq))
+        # The thread's newest checkpoint, which the graph reads first, is read while the request is.
+        saver.read_ahead()
+        try:
+            await self._execute_started(msg, saver, thread_id, run_id, started_seq)
+        finally:
+            saver.discard_read_ahead()
+
+    async def _execute_started(self, msg, saver: RunSaver, thread_id: str, run_id: str, started_seq: int) -> None:
         deliveries = msg.metadata.num_delivered
         requested = await self._requested(msg, thread_id, run_id, started_seq, deliveries)
         if requested is None:
@@ -173,7 +182,7 @@ class Executor:
         deadline = asyncio.timeout(self.settings.run_timeout_s)
         try:
             async with deadline:
-                outcome = await self._run_graph(requested, started_seq, retry=deliveries > 1)
+                outcome = await self._run_graph(requested, saver, retry=deliveries > 1)
         except (RunSuperseded, asyncio.CancelledError) as err:
             if isinstance(err, asyncio.CancelledError):
                 if run_id not in self.cancelled:
@@ -274,12 +283,11 @@ class Executor:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _run_graph(self, requested: contracts.RunRequested, started_seq: int, *, retry: bool) -> contracts.Event:
+    async def _run_graph(self, requested: contracts.RunRequested, saver: RunSaver, *, retry: bool) -> contracts.Event:
         thread_id, run_id = requested.thread_id, requested.run_id
         kwargs = requested.kwargs
         config = run_config(requested)
         graph = await self.graphs.build(requested.graph_id, config)
-        saver = self.saver.bound(RunGuard(thread_id=thread_id, run_id=run_id, started_seq=started_seq))
         graph = graph.copy(update={"checkpointer": saver, "store": self.store.for_run()})
         graph_input: Any = command_from(kwargs.command) if kwargs.command else kwargs.input
         if retry and await self._has_checkpoint_of(thread_id, run_id):
