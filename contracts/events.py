@@ -87,6 +87,10 @@ class RunKwargs(msgspec.Struct, kw_only=True, omit_defaults=True):
     subgraphs: bool = False
     resumable: bool = False
     temporary: bool = False
+    # LangGraph's checkpointing of the run, when the client chose it: "exit" writes one checkpoint
+    # at the end instead of one per step (fewer appends; a crash restarts the run from its input,
+    # and an interrupted run keeps nothing). Unset: LangGraph's default, "async".
+    durability: Literal["sync", "async", "exit"] | None = None
 
 
 class RunRequested(Event, tag=True, kw_only=True):

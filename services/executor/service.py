@@ -303,6 +303,7 @@ class Executor:
                 subgraphs=kwargs.subgraphs,
                 interrupt_before=kwargs.interrupt_before,
                 interrupt_after=kwargs.interrupt_after,
+                **({"durability": kwargs.durability} if kwargs.durability else {}),
             )
         finally:
             # Whatever was streamed is stored before the outcome (or the stop) is appended.

@@ -86,6 +86,7 @@ class Runs:
                 subgraphs=body.stream_subgraphs,
                 resumable=body.stream_resumable,
                 temporary=temporary,
+                durability=body.durability,
             ),
         )
 
