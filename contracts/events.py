@@ -175,8 +175,8 @@ class RunRolledBack(Event, tag=True, kw_only=True):
 
 
 class RunDeleted(Event, tag=True, kw_only=True):
-    """Tombstone: a finished run was deleted (``DELETE /threads/{t}/runs/{r}``); its control events
-    were purged, its checkpoints stay part of the thread's history."""
+    """A finished run was deleted (``DELETE /threads/{t}/runs/{r}``): it is no longer listed. Its
+    events stay in the log and its checkpoints in the thread's history."""
 
     run_id: str
 

@@ -154,11 +154,6 @@ def checkpoints(thread_id: str | None, ns: str | None = None, checkpoint_id: str
     return f"{PREFIX}.{thread_tok}.*.run.*.ckpt.{ns_tok}.{id_tok}"
 
 
-def partition_checkpoints(partition: int) -> str:
-    """Stored checkpoints of every thread of one partition."""
-    return f"{PREFIX}.*.{partition}.run.*.ckpt.>"
-
-
 def writes_record(thread_id: str, run_id: str, ns: str, checkpoint_id: str, task_id: str) -> str:
     """The subject to publish one task's pending writes on."""
     return f"{PREFIX}.{token(thread_id)}.run.{token(run_id)}.write.{token(ns)}.{token(checkpoint_id)}.{token(task_id)}"

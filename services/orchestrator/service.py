@@ -47,6 +47,7 @@ _CACHE_SIZE = 50_000
 _MAX_BATCH = 512
 _RETRY_DELAY_S = 0.5
 _STALL_CHECK_S = 3.0
+PROJECTING_PARTITION = 0
 
 
 class Orchestrator:
@@ -62,8 +63,7 @@ class Orchestrator:
         # renewal of the other leases.
         self.holding: dict[int, asyncio.Task] = {}
         self.consuming: set[int] = set()  # partitions subscribed to
-        # partition -> the task projecting it into the read model (the holder of a partition's
-        # lease decides for its threads and projects them).
+        # The holder of partition 0 also projects the log into the read model.
         self.projecting: dict[int, asyncio.Task] = {}
         self.received: defaultdict[int, int] = defaultdict(int)  # partition -> events pushed to us
         # Bumped whenever partitions change hands: a state folded before may have missed events
@@ -118,9 +118,8 @@ class Orchestrator:
         wanted = await leases.fair_share()
         for partition in await leases.acquire(wanted):
             self.holding[partition] = asyncio.create_task(self._hold(partition), name=f"partition-{partition}")
-            self.projecting[partition] = asyncio.create_task(
-                Projector(self.nc, self.db, partition).run(), name=f"projector-{partition}"
-            )
+            if partition == PROJECTING_PARTITION:
+                self.projecting[partition] = asyncio.create_task(Projector(self.nc, self.db).run(), name="projector")
         for partition in leases.surplus(wanted):
             await self._stop_consuming(partition)
             await leases.release(partition)

@@ -193,7 +193,6 @@ class Runs:
         run = await self.find(thread_id, run_id)
         if run["status"] in IN_FLIGHT:
             raise HTTPException(409, f"Run {run_id} is {run['status']}; cancel it before deleting it")
-        # A tombstone, then its control events go; its checkpoints stay: they are part of the
-        # thread's state and history.
-        seq = await self.log.append_event(contracts.RunDeleted(thread_id=thread_id, run_id=run_id))
-        await self.log.purge(subjects.run_control(thread_id, run_id), below=seq)
+        # Its events stay in the log (the audit trail says it ran, and was deleted) and so do
+        # its checkpoints (they are the thread's state and history); runs are no longer listed.
+        await self.log.append_event(contracts.RunDeleted(thread_id=thread_id, run_id=run_id))

@@ -184,17 +184,25 @@ class Threads:
         ``known``: the thread's record as just read; when it says so already, nothing is read again."""
         wanted = {"graph_id": assistant["graph_id"], "assistant_id": assistant["assistant_id"]}
 
+        changed = False
+
         def change(r):
+            nonlocal changed
             meta = r.get("metadata") or {}
             if all(meta.get(k) == v for k, v in wanted.items()):
+                changed = False
                 return None
             r["metadata"] = {**meta, **wanted}
             r["updated_at"] = records.iso_now()
+            changed = True
             return r
 
         if known is not None and change(dict(known)) is None:
             return
-        await records.update(self.kv, thread_id, change)
+        updated = await records.update(self.kv, thread_id, change)
+        if changed and updated is not None:
+            # In the log too, so that the read model (and any replay) knows the thread's graph.
+            await self.log.append_event(contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"]))
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
