@@ -112,13 +112,13 @@ class Runs:
         ``graph_id``: the run's graph, when the caller knows it (else the thread's record says)."""
         match outcome:
             case contracts.RunSucceeded(values=None, checkpoint_id=str(checkpoint_id)):
-                graph = await self._graph(thread_id, graph_id)
+                graph = await self._graph(thread_id, graph_id, outcome.run_id)
                 return await results.checkpoint_values(self.threads.saver, graph, thread_id, checkpoint_id) if graph else {}
             case contracts.RunSucceeded(values=values):
                 return values  # an outcome written before outcomes named their checkpoint
             case contracts.RunInterrupted(values=values, interrupts=interrupts, checkpoint_id=checkpoint_id):
                 if values is None:
-                    graph = await self._graph(thread_id, graph_id)
+                    graph = await self._graph(thread_id, graph_id, outcome.run_id)
                     values = await results.paused_values(self.threads.saver, graph, thread_id, checkpoint_id) if graph else {}
                 flat = [i for group in interrupts.values() for i in group]
                 if not flat:  # paused by interrupt_before/after: no interrupt values to show
@@ -128,8 +128,12 @@ class Runs:
                 return {"__error__": {"error": error, "message": message}}
         return await self.threads.values(thread_id)
 
-    async def _graph(self, thread_id: str, graph_id: str | None):
-        """The run's graph, with the gateway's saver."""
+    async def _graph(self, thread_id: str, graph_id: str | None, run_id: str | None = None):
+        """The run's graph, with the gateway's saver: the one named, else the run's request's
+        (a run requested by another service), else the thread's."""
+        if graph_id is None and run_id is not None:
+            requested = await self.log.last(subjects.sibling(subjects.run_control(thread_id, run_id), "RunRequested"))
+            graph_id = requested.event().graph_id if requested is not None else None
         if graph_id is None:
             try:
                 record = await self.threads.record(thread_id)
