@@ -157,11 +157,12 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             checkpoint=self._dump(checkpoint),
             metadata=self._dump(metadata),
         )
+        if not ns:
+            # Set when called: LangGraph puts a thread's checkpoints one after the other, newest last.
+            self.current_checkpoint_id = checkpoint_id
         # A fresh id per call: append reuses it for the call's own retries, and a checkpoint saved
         # again later (a redelivered run, a copy after a delete) is a new record, read as the newest.
         await self._append(subjects.checkpoint(thread_id, run, ns, checkpoint_id), event, str(uuid.uuid4()))
-        if not ns:
-            self.current_checkpoint_id = checkpoint_id
         return _config(thread_id, ns, checkpoint_id)
 
     async def aput_writes(
@@ -185,13 +186,16 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
                 for i, (channel, value) in enumerate(writes)
             ],
         )
+        if not ns and self.current_checkpoint_id is None:
+            # Writes against a checkpoint the run did not write (a resume): that is its state so
+            # far. Writes of a step may complete after the next step's checkpoint is put: they
+            # never stand for the newest.
+            self.current_checkpoint_id = checkpoint_id
         # Two calls with the same writes are distinct records (the reader dedups by (task, idx));
         # only the retries of one call must be deduplicated, and append reuses the id for those.
         await self._append(
             subjects.writes_record(thread_id, self._run, ns, checkpoint_id, task_id), event, str(uuid.uuid4())
         )
-        if not ns:
-            self.current_checkpoint_id = checkpoint_id
 
     async def adelete_thread(self, thread_id: str) -> None:
         # The thread's control events stay: the thread and its runs are the orchestrator's.
