@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 from langgraph_sdk import get_client
@@ -30,11 +31,11 @@ from threadbus.settings import Settings
 from threadbus.threadlog import ThreadLog
 
 RUNS = 60
-# Issue #13 asks for 45. Measured here: ~65 per run on a loaded machine, of which the read-model
-# projector (every thread-log message delivered once more) is ~15, the webhook sender's check of
-# each outcome ~5, and lease renewals and heartbeats a few (they tick per second, not per run).
+# Issue #13 asks for 45. Measured here: ~64 per run, of which the read-model projector (every
+# thread-log message delivered once more) is ~15 and the webhook sender's check of each outcome ~5.
 # The bound catches a regression to the ~85 of before; 45 is not met yet.
-MESSAGES_PER_RUN = 70
+MESSAGES_PER_RUN = 72
+IDLE_S = 3.0
 ROUND_TRIPS_PER_WAIT = 10
 
 
@@ -56,16 +57,27 @@ async def test_a_noop_run_costs_a_bounded_number_of_broker_messages(tmp_path_fac
         client = get_client(url=proc.url)
         threads = [(await client.threads.create())["thread_id"] for _ in range(RUNS + 1)]
         await client.runs.wait(threads.pop(), "noop", input={})  # first-run costs (imports, caches) out of the count
-        before = monitoring(server, "/varz")
+        # What the server exchanges per second doing nothing (lease renewals, heartbeats, polls)
+        # is not a run's cost: measured idle, it is taken out of the runs' count.
+        idle_start, idle_from = monitoring(server, "/varz"), time.monotonic()
+        await asyncio.sleep(IDLE_S)
+        before, idle_s = monitoring(server, "/varz"), time.monotonic() - idle_from
+        start = time.monotonic()
         for tid in threads:
             await client.runs.wait(tid, "noop", input={})
-        after = monitoring(server, "/varz")
+        after, busy_s = monitoring(server, "/varz"), time.monotonic() - start
     finally:
         proc.stop()
         server.stop()
-    per_run = (after["in_msgs"] - before["in_msgs"] + after["out_msgs"] - before["out_msgs"]) / RUNS
-    print(f"\nbroker messages per no-op run: {per_run:.1f}")
+    idle_rate = (_messages(before) - _messages(idle_start)) / idle_s
+    total = (_messages(after) - _messages(before)) / RUNS
+    per_run = total - idle_rate * busy_s / RUNS
+    print(f"\nbroker messages per no-op run: {per_run:.1f} ({total:.1f} with {idle_rate:.0f}/s of idle traffic)")
     assert per_run <= MESSAGES_PER_RUN
+
+
+def _messages(varz: dict) -> int:
+    return varz["in_msgs"] + varz["out_msgs"]
 
 
 class RoundTrips:
