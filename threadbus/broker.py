@@ -41,6 +41,7 @@ STORE_BUCKET = "tb_store"
 ASSISTANT_VERSIONS_BUCKET = "tb_assistant_versions"
 CRONS_BUCKET = "tb_crons"
 LEASES_BUCKET = "tb_leases"
+SNAPSHOTS_BUCKET = "tb_thread_snapshots"
 
 
 # The broker could not be reached or did not answer: worth trying again, not a verdict on the work.
@@ -59,7 +60,11 @@ UNREACHABLE = (
 
 
 async def connect(settings: Settings, name: str) -> NATS:
+    nc = NATS()
+
     async def disconnected():
+        if nc.is_closed:  # closed by us, not lost
+            return
         log.warning("nats disconnected", service=name)
 
     async def reconnected():
@@ -68,7 +73,7 @@ async def connect(settings: Settings, name: str) -> NATS:
     async def error(err):
         log.warning("nats error", service=name, error=str(err))
 
-    return await nats.connect(
+    await nc.connect(
         servers=[s.strip() for s in settings.nats_url.split(",")],
         name=f"threadbus-{name}",
         max_reconnect_attempts=-1,
@@ -78,6 +83,7 @@ async def connect(settings: Settings, name: str) -> NATS:
         error_cb=error,
         **credentials(settings),
     )
+    return nc
 
 
 async def close(nc: NATS, timeout: float = 5.0) -> None:
@@ -293,6 +299,8 @@ async def _bootstrap(nc: NATS, settings: Settings) -> None:
             bucket=LEASES_BUCKET, history=1, ttl=settings.orchestrator_lease_s, storage=StorageType.FILE, replicas=settings.replicas
         )
     )
+    # The orchestrator's thread snapshots: only the newest matters.
+    buckets.append(KeyValueConfig(bucket=SNAPSHOTS_BUCKET, history=1, storage=StorageType.FILE, replicas=settings.replicas))
     for config in buckets:
         try:
             await js.key_value(config.bucket)

@@ -12,7 +12,6 @@ import importlib.util
 import inspect
 import json
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,7 @@ from typing import Any
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
 
-# The namespace LangGraph Platform uses for the assistant id of a graph (uuid5 of the graph name).
-ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
-
-
-def assistant_id_for(graph_id: str) -> str:
-    return str(uuid.uuid5(ASSISTANT_NAMESPACE, graph_id))
+from threadbus.admission import assistant_id_for  # noqa: F401 - the gateway imports it from here
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import msgspec
 import nats.errors
 import structlog
 
@@ -61,16 +62,20 @@ class WebhookSender:
             return
         thread_id, run_id = outcome.thread_id, outcome.run_id
         with structlog.contextvars.bound_contextvars(thread_id=thread_id, run_id=run_id):
-            # The run's own request (one direct get on its literal subject), not a fold of the
-            # thread: this runs for every outcome, and most runs have no webhook.
-            requested = await self.backend.log.last(subjects.sibling(msg.subject, "RunRequested"))
-            request = requested.event() if requested is not None else None
-            if request is None or not request.kwargs.webhook:
+            # Most runs have no webhook: one literal get of the request tells, whatever the
+            # thread's length; the run's other events are read only for a run that has one.
+            requested = await self.backend.log.last(subjects.run_event(thread_id, run_id, "RunRequested"))
+            if requested is None or not _webhook_of(requested):
                 await msg.ack()
                 return
-            record = views.RunRecord(requested=request, updated_at=outcome.at, outcome=outcome)
-            status = evolve(ThreadState(thread_id=thread_id), outcome).statuses.get(run_id, "success")
-            url = request.kwargs.webhook
+            view = await views.run_view(
+                self.backend.log, thread_id, run_id, after=requested.seq - 1, seen=(msg.metadata.sequence.stream, outcome)
+            )
+            if view is None:  # deleted or rolled back since it ended
+                await msg.ack()
+                return
+            record, status = view
+            url = record.requested.kwargs.webhook
             body = {
                 **views.run_object(record, status),
                 "values": await self.backend.runs.result_values(thread_id, outcome, record.requested.graph_id),
@@ -92,3 +97,11 @@ class WebhookSender:
                 # A stateless run's thread was kept for this call (the executor leaves it).
                 await self.backend.log.delete_thread(thread_id)
             await msg.ack()
+
+
+def _webhook_of(entry) -> str | None:
+    try:
+        event = entry.event()
+    except msgspec.DecodeError:
+        return None
+    return event.kwargs.webhook if isinstance(event, contracts.RunRequested) else None

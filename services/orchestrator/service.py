@@ -5,8 +5,9 @@ partitions whose lease it holds (:mod:`services.orchestrator.leases`), each from
 ``orchestrator-p<k>`` consumer that it recreates on taking the partition over, starting at the
 first event the previous holder did not acknowledge. Messages that are waiting are taken
 together, grouped by thread, and the threads are handled concurrently, each in log order. A
-thread's state is cached in memory and rebuilt from its log on first sight, so a restart loses
-nothing (DESIGN invariant 6).
+thread's state is cached in memory and, on first sight, folded from its snapshot and the log's
+tail after it (:mod:`services.orchestrator.snapshots`), so a restart loses nothing (DESIGN
+invariant 6) and a cold start costs the tail, not the thread's history.
 
 Decisions are appended with an expected-sequence check over the thread's control events, those
 that follow from one state together as one atomic batch (a request's ``RunAccepted`` and the
@@ -35,7 +36,9 @@ from contracts import subjects
 from services.orchestrator.decider import next_decision
 from threadbus.thread_state import ThreadState, evolve, fold
 from services.orchestrator.leases import Leases
+from services.orchestrator.snapshots import Snapshots, worth_saving
 from threadbus import broker, logs, metrics
+from threadbus.admission import Admission
 from threadbus.read_model.database import Database
 from threadbus.read_model.projector import Projector
 from threadbus.settings import Settings
@@ -55,7 +58,11 @@ class Orchestrator:
         self.nc = nc
         self.settings = settings
         self.log = ThreadLog(nc)
+        self.admission = Admission(nc.jetstream())
         self.states: OrderedDict[str, ThreadState] = OrderedDict()
+        # thread -> events delivered since its last snapshot, for the threads in ``states``
+        self.unsaved: dict[str, int] = {}
+        self.snapshots = Snapshots(nc.jetstream())
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # partition -> the task that subscribes to it and holds the subscription; taking a
@@ -70,6 +77,7 @@ class Orchestrator:
         # another orchestrator appended, and must not be cached.
         self.epoch = 0
         self.replicated = False  # read from the thread stream's configuration at start
+        self.balanced_once = False
         # Computed when scraped: an up-to-date sum would cost a pass over every thread per event.
         metrics.QUEUED_RUNS.set_function(lambda: sum(len(s.queue) for s in self.states.values()))
         metrics.DEEPEST_QUEUE.set_function(lambda: max((len(s.queue) for s in self.states.values()), default=0))
@@ -116,8 +124,12 @@ class Orchestrator:
             log.warning("partition lease lost", partition=partition)
             await self._stop_consuming(partition)
         wanted = await leases.fair_share()
+        # The partitions taken at start are listed once ("orchestrator consuming"); one taken
+        # later, from an orchestrator that left or died, is worth a line of its own.
+        at_start = not self.balanced_once
+        self.balanced_once = True
         for partition in await leases.acquire(wanted):
-            self.holding[partition] = asyncio.create_task(self._hold(partition), name=f"partition-{partition}")
+            self.holding[partition] = asyncio.create_task(self._hold(partition, at_start), name=f"partition-{partition}")
             if partition == PROJECTING_PARTITION:
                 self.projecting[partition] = asyncio.create_task(Projector(self.nc, self.db).run(), name="projector")
         for partition in leases.surplus(wanted):
@@ -126,11 +138,12 @@ class Orchestrator:
             log.info("partition handed back", partition=partition)
         metrics.PARTITIONS_HELD.set(len(self.holding))
 
-    async def _hold(self, partition: int) -> None:
+    async def _hold(self, partition: int, at_start: bool = False) -> None:
         """Subscribes to the partition, retrying while the broker cannot answer, and holds the
         subscription until cancelled; subscribes again if the consumer stops pushing."""
         while True:
-            sub = await self._subscribe_retrying(partition)
+            sub = await self._subscribe_retrying(partition, at_start)
+            at_start = False
             self.consuming.add(partition)
             try:
                 await self._until_stalled(partition)
@@ -140,13 +153,13 @@ class Orchestrator:
                     await sub.unsubscribe()
             log.warning("partition consumer stopped pushing; subscribing again", partition=partition)
 
-    async def _subscribe_retrying(self, partition: int):
+    async def _subscribe_retrying(self, partition: int, at_start: bool):
         start = None
         while True:
             try:
                 if start is None:
                     start = await self._resume_point(partition)
-                return await self._subscribe(partition, start)
+                return await self._subscribe(partition, start, at_start)
             except (*broker.UNREACHABLE, nats.js.errors.APIError) as err:
                 log.warning("partition not subscribed yet; trying again", partition=partition, error=repr(err))
                 await asyncio.sleep(1.0)
@@ -181,14 +194,14 @@ class Orchestrator:
             await js.delete_consumer(subjects.THREAD_STREAM, durable)
         return start
 
-    async def _subscribe(self, partition: int, start: int):
+    async def _subscribe(self, partition: int, start: int, at_start: bool = False):
         js = self.nc.jetstream()
         durable = broker.orchestrator_durable(partition)
         deliver = f"_TB.deliver.orchestrator.p{partition}.{self.name}"
         info = await js.add_consumer(subjects.THREAD_STREAM, broker.orchestrator_consumer(partition, deliver, start))
         sub = await js.subscribe_bind(subjects.THREAD_STREAM, info.config, durable, cb=self._enqueue, manual_ack=True)
         self._forget_states()
-        log.info("partition taken", partition=partition, from_seq=start)
+        (log.debug if at_start else log.info)("partition taken", partition=partition, from_seq=start)
         return sub
 
     async def _stop_consuming(self, partition: int) -> None:
@@ -203,6 +216,7 @@ class Orchestrator:
     def _forget_states(self) -> None:
         self.epoch += 1
         self.states.clear()
+        self.unsaved.clear()
 
     async def _enqueue(self, msg) -> None:
         self.received[subjects.partition_of(msg.subject)] += 1
@@ -240,7 +254,10 @@ class Orchestrator:
             epoch = self.epoch
             state = self.states.get(thread_id)
             if state is None:
-                state = await self._load(thread_id, through=max(m.metadata.sequence.stream for m in msgs))
+                state = await self._cold_start(thread_id, through=max(m.metadata.sequence.stream for m in msgs))
+            # Our own decisions come back as delivered events too: counting deliveries counts them.
+            unsaved = self.unsaved.get(thread_id, 0) + len(msgs)
+            deleted = False
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 if seq <= state.seq:
@@ -251,18 +268,54 @@ class Orchestrator:
                     await broker.dead_letter(self.nc, "orchestrator", msg, str(err))
                     continue
                 state = evolve(state, event, seq)
+                deleted = isinstance(event, contracts.ThreadDeleted)
             state = await self._settle(state)
             if epoch == self.epoch:
                 self._remember(state)
+                self.unsaved[thread_id] = await self._snapshot(state, unsaved, deleted)
+
+    async def _cold_start(self, thread_id: str, through: int) -> ThreadState:
+        """The thread's state from its snapshot and the log's tail after it. A snapshot whose
+        sequence does not hold one of the thread's events is not of this log (a stream created
+        anew under the bucket) or its event was compacted away: the thread is folded from the start."""
+        snapshot = await self.snapshots.load(thread_id)
+        if snapshot is not None and snapshot.seq:
+            event = await self.log.at(snapshot.seq)
+            if event is None or subjects.thread_of(event.subject) != thread_id:
+                log.info("snapshot does not match the log; folding the thread from the start", snapshot_seq=snapshot.seq)
+                return await self._load(thread_id, through)
+        return await self._fold_tail(snapshot or ThreadState(thread_id=thread_id), through)
 
     async def _load(self, thread_id: str, through: int = 0) -> ThreadState:
-        """The thread's state folded from its log, which holds at least sequence ``through``: a
+        """The thread's state folded from the start of its log, when the view we had was refused:
+        its snapshot, which may be what was wrong, is dropped."""
+        await self.snapshots.drop(thread_id)
+        return await self._fold_tail(ThreadState(thread_id=thread_id), through)
+
+    async def _fold_tail(self, state: ThreadState, through: int) -> ThreadState:
+        """``state`` and the thread's log after it, which holds at least sequence ``through``: a
         state folded from a lagging replica and then fed a newer event would pass the
         expected-sequence check with a gap in its view."""
-        entries = await self.log.read(subjects.thread_control(thread_id), through=through)
+        entries = await self.log.read(
+            subjects.thread_control(state.thread_id), after=state.seq, through=through if through > state.seq else 0
+        )
         events = list(_decoded(entries))
-        await self._finish_compactions(thread_id, events)
-        return fold(ThreadState(thread_id=thread_id), events)
+        await self._finish_compactions(state.thread_id, events)
+        return fold(state, events)
+
+    async def _snapshot(self, state: ThreadState, unsaved: int, deleted: bool) -> int:
+        """Saves (or, for a deleted thread, drops) the thread's snapshot when it is due; returns
+        the events left unsaved. A snapshot that cannot be written now is written later."""
+        try:
+            if deleted:
+                await self.snapshots.drop(state.thread_id)
+                return 0
+            if worth_saving(state, unsaved, self.settings.orchestrator_snapshot_every):
+                await self.snapshots.save(state)
+                return 0
+        except broker.UNREACHABLE as err:
+            log.warning("snapshot not written; trying again later", error=repr(err))
+        return unsaved
 
     async def _finish_compactions(self, thread_id: str, events: list[tuple[int, contracts.Event]]) -> None:
         """Compact again the runs rolled back since the thread's last start.
@@ -282,12 +335,18 @@ class Orchestrator:
         entries = await self.log.read(subjects.thread_control(state.thread_id), after=state.seq, through=through)
         return fold(state, _decoded(entries))
 
-    def _decisions(self, state: ThreadState) -> list[contracts.Event]:
+    async def _decisions(self, state: ThreadState, refusals: dict[str, contracts.RunRejected | None]) -> list[contracts.Event]:
         """The decisions the state calls for that can be appended together: up to a rollback's
         tombstone, which must be followed by its compaction before anything else is decided (a
         run started after it starts from the state before the rolled-back run)."""
         decisions: list[contracts.Event] = []
         while (decision := next_decision(state, self.settings.paused_thread_input)) is not None:
+            if (request := _answered_request(state)) is not None:
+                # Checked before any decision it causes: a request naming nothing that exists
+                # must not cancel the runs in flight (interrupt, rollback) on its way to a refusal.
+                if request.run_id not in refusals:
+                    refusals[request.run_id] = await self.admission.refusal(request)
+                decision = refusals[request.run_id] or decision
             decisions.append(decision)
             if isinstance(decision, contracts.RunRolledBack):
                 break
@@ -296,7 +355,8 @@ class Orchestrator:
 
     async def _settle(self, state: ThreadState) -> ThreadState:
         conflicts = 0
-        while decisions := self._decisions(state):
+        refusals: dict[str, contracts.RunRejected | None] = {}  # run id -> asked once per settling
+        while decisions := await self._decisions(state, refusals):
             # One atomic batch (accepted and started, typically): all land, or none if anything
             # was appended to the thread since the state was folded.
             try:
@@ -333,7 +393,16 @@ class Orchestrator:
         self.states[state.thread_id] = state
         self.states.move_to_end(state.thread_id)
         while len(self.states) > _CACHE_SIZE:
-            self.states.popitem(last=False)
+            evicted, _ = self.states.popitem(last=False)
+            self.unsaved.pop(evicted, None)
+
+
+def _answered_request(state: ThreadState) -> contracts.RunRequested | None:
+    """The request the state's next decision answers (or cancels runs for), if it answers one:
+    compactions and cancel requests come first (``next_decision``)."""
+    if state.to_compact or not state.inbox or not isinstance(state.inbox[0], contracts.RunRequested):
+        return None
+    return state.inbox[0]
 
 
 def _count(state: ThreadState, decision: contracts.Event) -> None:

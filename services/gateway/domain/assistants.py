@@ -12,7 +12,7 @@ from fastapi import HTTPException
 
 from services.gateway.domain import records
 from services.gateway.models import AssistantCreate, AssistantPatch
-from threadbus import broker
+from threadbus import broker, runrequest
 from threadbus.graphs import GraphRegistry, assistant_id_for
 from threadbus.kv_mirror import KVMirror
 
@@ -179,4 +179,4 @@ class Assistants:
         return sorted(found, key=lambda a: a["created_at"], reverse=True)
 
     async def graph_for(self, assistant: dict[str, Any], config: dict[str, Any] | None = None):
-        return await self.graphs.build(assistant["graph_id"], records.merge_config(assistant.get("config"), config))
+        return await self.graphs.build(assistant["graph_id"], runrequest.merge_config(assistant.get("config"), config))

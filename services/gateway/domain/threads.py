@@ -13,6 +13,7 @@ import contracts
 from services.gateway import auth, views
 from services.gateway.domain import records
 from services.gateway.models import ThreadCount, ThreadCreate, ThreadSearch
+from threadbus import runrequest
 from threadbus.checkpointer import JetStreamSaver
 from threadbus.graphs import GraphRegistry
 from threadbus.read_model import projection, rows
@@ -179,23 +180,15 @@ class Threads:
             return {}
         return (await self.state(record))["values"]
 
-    async def remember_graph(self, thread_id: str, assistant: dict[str, Any], *, known: dict[str, Any] | None = None) -> None:
-        """Record which graph the thread runs, as LangGraph Platform does in thread metadata.
-        ``known``: the thread's record as just read; when it says so already, nothing is read again."""
-        wanted = {"graph_id": assistant["graph_id"], "assistant_id": assistant["assistant_id"]}
-
+    async def remember_graph(self, thread_id: str, assistant: dict[str, Any]) -> None:
+        """Record which graph the thread runs, as LangGraph Platform does in thread metadata."""
         changed = False
 
         def change(r):
             nonlocal changed
-            meta = r.get("metadata") or {}
-            if all(meta.get(k) == v for k, v in wanted.items()):
-                changed = False
-                return None
-            r["metadata"] = {**meta, **wanted}
-            r["updated_at"] = records.iso_now()
-            changed = True
-            return r
+            updated = runrequest.with_graph(r, assistant, records.iso_now())
+            changed = updated is not None
+            return updated
 
         if known is not None and change(dict(known)) is None:
             return
