@@ -190,8 +190,6 @@ class Threads:
             changed = updated is not None
             return updated
 
-        if known is not None and change(dict(known)) is None:
-            return
         updated = await records.update(self.kv, thread_id, change)
         if changed and updated is not None:
             # In the log too, so that the read model (and any replay) knows the thread's graph.
