@@ -10,6 +10,7 @@ JSON lines to a file the benchmarks may read. Everything else talks HTTP through
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -37,6 +38,58 @@ class Server:
     url: str
     name: str
     log_path: Path | None = None  # threadbus's JSON log, when this process started it
+    pids: tuple[int, ...] = ()  # the server's processes (each with its children), when started here
+    broker: EmbeddedNats | None = None  # its nats-server, when started here
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a server has spent so far: CPU seconds of its processes (threadbus, its children such
+    as the embedded Postgres, and nats-server, from /proc) and broker messages (``/varz``)."""
+
+    cpu_s: float
+    messages: int
+
+    @staticmethod
+    def of(server: Server) -> Usage | None:
+        if not server.pids:
+            return None
+        varz = json.load(urllib.request.urlopen(f"http://127.0.0.1:{server.broker.monitor_port}/varz", timeout=5))
+        return Usage(cpu_s=sum(_cpu_s(pid) for pid in _with_descendants(server.pids)), messages=varz["in_msgs"] + varz["out_msgs"])
+
+    @staticmethod
+    def per_run(before: Usage | None, after: Usage | None, runs: int) -> dict:
+        """CPU and broker messages per run between two readings (None for a server not started here)."""
+        if before is None or after is None:
+            return {"cpu_ms_per_run": None, "broker_msgs_per_run": None}
+        return {
+            "cpu_ms_per_run": round((after.cpu_s - before.cpu_s) * 1000 / runs, 2),
+            "broker_msgs_per_run": round((after.messages - before.messages) / runs, 1),
+        }
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone meanwhile
+        return 0.0
+    # utime and stime (fields 14 and 15 of the line, counted after the command's closing paren)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _with_descendants(roots: Sequence[int]) -> set[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    found = set(roots)
+    while True:
+        more = {pid for pid, parent in parents.items() if parent in found} - found
+        if not more:
+            return found
+        found |= more
 
 
 def wait_ok(url: str, timeout: float = 90.0, process: subprocess.Popen | None = None, log_path: Path | None = None) -> None:
@@ -78,7 +131,7 @@ def threadbus_server(config: Path = EXAMPLES, *, log_level: str = "info", keep: 
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ok(url, process=process, log_path=log_path)
-        yield Server(url=url, name="threadbus", log_path=log_path)
+        yield Server(url=url, name="threadbus", log_path=log_path, pids=(process.pid, nats.process.pid), broker=nats)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)

@@ -112,6 +112,10 @@ class RunKwargs(msgspec.Struct, kw_only=True, omit_defaults=True):
     subgraphs: bool = False
     resumable: bool = False
     temporary: bool = False
+    # LangGraph's checkpointing of the run, when the client chose it: "exit" writes one checkpoint
+    # at the end instead of one per step (fewer appends; a crash restarts the run from its input,
+    # and an interrupted run keeps nothing). Unset: LangGraph's default, "async".
+    durability: Literal["sync", "async", "exit"] | None = None
 
 
 class RunRequested(Event, tag=True, kw_only=True):
@@ -160,8 +164,12 @@ class RunStopped(Event, tag=True, kw_only=True):
 
 
 class RunSucceeded(Event, tag=True, kw_only=True):
+    """The run ended; its result is the state in checkpoint ``checkpoint_id``, the thread's newest
+    checkpoint (root namespace) when the run ended."""
+
     run_id: str
-    values: Any = None
+    checkpoint_id: str | None = None
+    values: Any = None  # written by threadbus before outcomes named their checkpoint; read, never written
 
 
 RUN_TIMEOUT = "RunTimeout"
@@ -180,7 +188,8 @@ class RunInterrupted(Event, tag=True, kw_only=True):
     ended ``success``; the thread is ``interrupted`` until a run resumes it."""
 
     run_id: str
-    values: Any = None
+    checkpoint_id: str | None = None  # the paused state, as in RunSucceeded
+    values: Any = None  # written by threadbus before outcomes named their checkpoint; read, never written
     interrupts: dict[str, list[dict[str, Any]]] = msgspec.field(default_factory=dict)
 
 

@@ -153,6 +153,12 @@ def control_event(thread_id: str, run_id: str | None, type_name: str) -> str:
     return f"{PREFIX}.{token(thread_id)}.run.{token(run_id)}.{event}"
 
 
+def sibling(subject: str, type_name: str) -> str:
+    """The subject of another control event of the same run, in the form ``subject`` has (stored,
+    with its partition, or published): a literal subject, for a direct get of the last message."""
+    return f"{subject.rsplit('.', 1)[0]}.{EVENT_TOKENS[type_name]}"
+
+
 def checkpoint(thread_id: str, run_id: str, ns: str, checkpoint_id: str) -> str:
     """The subject to publish a checkpoint on."""
     return f"{PREFIX}.{token(thread_id)}.run.{token(run_id)}.ckpt.{token(ns)}.{token(checkpoint_id)}"

@@ -121,3 +121,19 @@ async def assert_verified(servers, threads: list[str]) -> None:
     finally:
         await nc.close()
     assert report.ok and not report.in_flight(), report.format()
+
+
+def monitoring(server, path: str) -> dict:
+    """A nats-server monitoring endpoint (``/varz``, ``/subsz``, ``/jsz``, ...) as JSON."""
+    import json
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.monitor_port}{path}", timeout=5) as resp:
+        return json.load(resp)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")

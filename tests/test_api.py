@@ -193,3 +193,10 @@ async def _until_status(client, tid: str, rid: str, status: str, timeout: float 
         while (await client.runs.get(tid, rid))["status"] != status:
             await asyncio.sleep(0.02)
 
+
+
+async def test_durability_exit_stores_one_checkpoint_per_run(client):
+    default, at_exit = (await client.threads.create())["thread_id"], (await client.threads.create())["thread_id"]
+    assert await client.runs.wait(default, "noop", input={}) == await client.runs.wait(at_exit, "noop", input={}, durability="exit")
+    assert len(await client.threads.get_history(default)) > 1
+    assert len(await client.threads.get_history(at_exit)) == 1

@@ -173,6 +173,23 @@ async def end_ordered(js, sub, stream: str) -> None:
         await js.delete_consumer(stream, sub._consumer)  # nats-py keeps the name current across resets
 
 
+async def kv_scan(kv, keys: str = ">", **watch) -> list:
+    """The newest entry of every key matching ``keys`` (deleted ones left out), read in one pass
+    of a watch whose consumer is deleted at once. nats-py's ``keys()`` and a stopped watcher leave
+    theirs on the server for the watch's inactive threshold (5 minutes): a scan every second, or
+    per request, piles them up by the hundred."""
+    watcher = await kv.watch(keys, ignore_deletes=True, **watch)
+    entries = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # the watcher's "caught up" marker
+                break
+            entries.append(entry)
+    finally:
+        await end_ordered(kv._js, watcher._sub, kv._stream)
+    return entries
+
+
 async def dead_letter(nc: NATS, service: str, msg, reason: str) -> None:
     """Keep a message that failed contract validation, with why, where an operator can look
     (``nats stream view TB_DEADLETTER``), instead of retrying it forever or dropping it unseen."""

@@ -97,15 +97,21 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         super().__init__(serde=serde)
         self.log = log
         self.guard = guard
+        # The root namespace's checkpoint this saver last wrote or wrote against: the state a run
+        # ended in, known without reading it back.
+        self.current_checkpoint_id: str | None = None
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self.loop = None
 
-    def bound(self, guard: RunGuard) -> JetStreamSaver:
+    def bound(self, guard: RunGuard) -> RunSaver:
         """A saver for one run: same log, serde and loop, appends guarded by ``guard``."""
         clone = copy.copy(self)
+        clone.__class__ = RunSaver
         clone.guard = guard
+        clone.current_checkpoint_id = None
+        clone._ahead = None
         return clone
 
     # -- async API ----------------------------------------------------------------------------
@@ -221,6 +227,9 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             checkpoint=self._dump(checkpoint),
             metadata=self._dump(metadata),
         )
+        if not ns:
+            # Set when called: LangGraph puts a thread's checkpoints one after the other, newest last.
+            self.current_checkpoint_id = checkpoint_id
         # A fresh id per call: append reuses it for the call's own retries, and a checkpoint saved
         # again later (a redelivered run, a copy after a delete) is a new record, read as the newest.
         await self._append(subjects.checkpoint(thread_id, run, ns, checkpoint_id), contracts.encode(event), str(uuid.uuid4()))
@@ -248,6 +257,11 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
                 for i, (channel, value) in enumerate(writes)
             ],
         )
+        if not ns and self.current_checkpoint_id is None:
+            # Writes against a checkpoint the run did not write (a resume): that is its state so
+            # far. Writes of a step may complete after the next step's checkpoint is put: they
+            # never stand for the newest.
+            self.current_checkpoint_id = checkpoint_id
         # Two calls with the same writes are distinct records (the reader dedups by (task, idx));
         # only the retries of one call must be deduplicated, and append reuses the id for those.
         await self._append(
@@ -479,3 +493,32 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
 
 def _matches(metadata: Any, filter: dict[str, Any] | None) -> bool:
     return not filter or all(metadata.get(k) == v for k, v in filter.items())
+
+class RunSaver(JetStreamSaver):
+    """A saver bound to one run (:meth:`JetStreamSaver.bound`), which may read the thread's newest
+    checkpoint ahead: the executor starts that read while it reads the run's request, and the
+    graph's first read of the newest checkpoint takes its answer, one round trip saved. Nothing
+    else writes the thread's checkpoints meanwhile: the run is the thread's only one (DESIGN
+    invariant 2), and state edits are refused while it is in flight."""
+
+    _ahead: asyncio.Task | None
+
+    def read_ahead(self) -> None:
+        newest: RunnableConfig = {"configurable": {"thread_id": self.guard.thread_id, "checkpoint_ns": ""}}
+        self._ahead = asyncio.ensure_future(JetStreamSaver.aget_tuple(self, newest))
+
+    def discard_read_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.cancel()
+            ahead.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        ahead, self._ahead = self._ahead, None
+        conf = config["configurable"]
+        if ahead is not None and not conf.get("checkpoint_ns") and not get_checkpoint_id(config):
+            return await ahead
+        if ahead is not None:
+            self._ahead = ahead
+            self.discard_read_ahead()
+        return await super().aget_tuple(config)

@@ -27,7 +27,7 @@ import contracts
 from contracts import subjects
 from services.executor.streaming import RunStreamWriter
 from threadbus import broker, logs, metrics
-from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSuperseded
+from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSaver, RunSuperseded
 from threadbus.graphs import GraphRegistry
 from threadbus.jsonable import jsonable
 from threadbus.read_model.database import Database
@@ -51,12 +51,15 @@ class Executor:
         self.graphs = graphs
         self.log = ThreadLog(nc)
         self.saver = JetStreamSaver(self.log)
+        # One context for every run's stream chunks: each context subscribes its own inbox for
+        # publish_async acknowledgements, and never unsubscribes it.
+        self.js = nc.jetstream()
         self.active: dict[str, asyncio.Task] = {}
         self.cancelled: set[str] = set()
         self.deleting: set[asyncio.Task] = set()  # stateless runs' threads, deleted a moment later
 
     async def run(self, stop: asyncio.Event) -> None:
-        js = self.nc.jetstream()
+        js = self.js
         # The store's search and namespace listing read the read model's index.
         if not self.settings.database_url:
             raise RuntimeError("THREADBUS_DATABASE_URL is not set: the store's search index lives in the read model's PostgreSQL")
@@ -155,19 +158,19 @@ class Executor:
             await msg.ack()
 
     async def _execute_run(self, msg, thread_id: str, run_id: str, started_seq: int) -> None:
-        control = subjects.run_control(thread_id, run_id)
-        entries = await self.log.read(control)
-        if (not entries or entries[-1].seq < started_seq) and await self.log.exists(started_seq):
-            # A replica that has not applied the RunStarted yet answered: ask until one has.
-            entries = await self.log.read(control, through=started_seq)
-        if not entries or entries[-1].seq != started_seq:
-            # Cancelled, finished or compacted since it was started: nothing to execute.
-            await self._confirm_stop(thread_id, run_id)
-            return
-        requested = next((e.event() for e in entries if e.subject.endswith(".requested")), None)
+        saver = self.saver.bound(RunGuard(thread_id=thread_id, run_id=run_id, started_seq=started_seq))
+        # The thread's newest checkpoint, which the graph reads first, is read while the request is.
+        saver.read_ahead()
+        try:
+            await self._execute_started(msg, saver, thread_id, run_id, started_seq)
+        finally:
+            saver.discard_read_ahead()
+
+    async def _execute_started(self, msg, saver: RunSaver, thread_id: str, run_id: str, started_seq: int) -> None:
+        deliveries = msg.metadata.num_delivered
+        requested = await self._requested(msg, thread_id, run_id, started_seq, deliveries)
         if requested is None:
             return
-        deliveries = msg.metadata.num_delivered
         if deliveries > 1:
             metrics.REDELIVERIES.inc()
         if deliveries > self.settings.executor_max_deliver:
@@ -187,7 +190,7 @@ class Executor:
         deadline = asyncio.timeout(self.settings.run_timeout_s)
         try:
             async with deadline:
-                outcome = await self._run_graph(requested, started_seq, retry=deliveries > 1)
+                outcome = await self._run_graph(requested, saver, retry=deliveries > 1)
         except (RunSuperseded, asyncio.CancelledError) as err:
             if isinstance(err, asyncio.CancelledError):
                 if run_id not in self.cancelled:
@@ -227,6 +230,30 @@ class Executor:
             self.deleting.add(task)
             task.add_done_callback(self.deleting.discard)
 
+    async def _requested(self, msg, thread_id: str, run_id: str, started_seq: int, deliveries: int):
+        """The run's request, or None when there is nothing to execute.
+
+        A first delivery reads only the request, one direct get on its stored subject (the
+        RunStarted's sibling): a cancel that came meanwhile is found by the run's first guarded
+        append, which is refused. A redelivery reads the run's control events first, since the run
+        was often stopped, finished or compacted since it started.
+        """
+        if deliveries == 1:
+            entry = await self.log.last(subjects.sibling(msg.subject, "RunRequested"))
+            if entry is not None:
+                return entry.event()
+            # Compacted already, or a replica behind the leader answered: read the whole story.
+        control = subjects.run_control(thread_id, run_id)
+        entries = await self.log.read(control)
+        if (not entries or entries[-1].seq < started_seq) and await self.log.exists(started_seq):
+            # A replica that has not applied the RunStarted yet answered: ask until one has.
+            entries = await self.log.read(control, through=started_seq)
+        if not entries or entries[-1].seq != started_seq:
+            # Cancelled, finished or compacted since it was started: nothing to execute.
+            await self._confirm_stop(thread_id, run_id)
+            return None
+        return next((e.event() for e in entries if e.subject.endswith(".requested")), None)
+
     async def _delete_soon(self, thread_id: str) -> None:
         # The client waiting on a stateless run follows the run's events in the thread's log;
         # deleted at once, they could be purged before its consumer delivered them.
@@ -264,18 +291,17 @@ class Executor:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _run_graph(self, requested: contracts.RunRequested, started_seq: int, *, retry: bool) -> contracts.Event:
+    async def _run_graph(self, requested: contracts.RunRequested, saver: RunSaver, *, retry: bool) -> contracts.Event:
         thread_id, run_id = requested.thread_id, requested.run_id
         kwargs = requested.kwargs
         config = run_config(requested)
         graph = await self.graphs.build(requested.graph_id, config)
-        saver = self.saver.bound(RunGuard(thread_id=thread_id, run_id=run_id, started_seq=started_seq))
         graph = graph.copy(update={"checkpointer": saver, "store": self.store.for_run()})
         graph_input: Any = command_from(kwargs.command) if kwargs.command else kwargs.input
         if retry and await self._has_checkpoint_of(thread_id, run_id):
             # An earlier delivery got some steps done: continue from its last checkpoint.
             graph_input = None
-        stream = RunStreamWriter(self.nc.jetstream(), thread_id, run_id, kwargs.stream_mode)
+        stream = RunStreamWriter(self.js, thread_id, run_id, kwargs.stream_mode)
         try:
             await stream.run(
                 graph,
@@ -285,18 +311,24 @@ class Executor:
                 subgraphs=kwargs.subgraphs,
                 interrupt_before=kwargs.interrupt_before,
                 interrupt_after=kwargs.interrupt_after,
+                **({"durability": kwargs.durability} if kwargs.durability else {}),
             )
         finally:
             # Whatever was streamed is stored before the outcome (or the stop) is appended.
             await asyncio.shield(stream.flush())
+        if not stream.paused and saver.current_checkpoint_id is not None:
+            # The common case, known without decoding the final state a second time.
+            return contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, checkpoint_id=saver.current_checkpoint_id)
+        # A pause, whose interrupts the state has by task, or a run that wrote nothing (a
+        # redelivery of a run that had ended): read the state back.
         snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
-        values = jsonable(snapshot.values)
+        checkpoint_id = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
         if snapshot.next:
             interrupts = {
                 task.id: [jsonable(i) for i in task.interrupts] for task in snapshot.tasks if task.interrupts
             }
-            return contracts.RunInterrupted(thread_id=thread_id, run_id=run_id, values=values, interrupts=interrupts)
-        return contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, values=values)
+            return contracts.RunInterrupted(thread_id=thread_id, run_id=run_id, checkpoint_id=checkpoint_id, interrupts=interrupts)
+        return contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, checkpoint_id=checkpoint_id)
 
     async def _has_checkpoint_of(self, thread_id: str, run_id: str) -> bool:
         newest = await self.log.last(subjects.checkpoints(thread_id))

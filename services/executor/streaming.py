@@ -37,6 +37,9 @@ LANGGRAPH_MODE = {
 # `events` is not a LangGraph stream mode: it is ``astream_events`` (v2), whose root-run
 # ``on_chain_stream`` events carry the chunks of every other mode.
 EVENTS = "events"
+# The key of a pause in LangGraph's stream chunks, as the SDK shows it too (LangGraph keeps its
+# constant private).
+INTERRUPT = "__interrupt__"
 # Long enough for a reconnect to resend what was buffered and for the broker to acknowledge it.
 FLUSH_TIMEOUT_S = 10.0
 
@@ -51,11 +54,14 @@ class RunStreamWriter:
             self.modes = {"values"}
         self.pending: list[asyncio.Future] = []
         self.partial: dict[str, Any] = {}
+        self.paused = False  # the graph stopped in a human-in-the-loop interrupt
 
     @property
     def langgraph_modes(self) -> list[str]:
-        # `events` alone still needs one LangGraph mode; chunks of unrequested modes are dropped.
-        return sorted({LANGGRAPH_MODE[m] for m in self.modes}) or ["values"]
+        # `updates` is always asked for: a pause shows there (an `__interrupt__` update of the root
+        # graph), so the executor knows how the run ended without reading the state back. Chunks
+        # of modes the client did not ask for are dropped.
+        return sorted({LANGGRAPH_MODE[m] for m in self.modes} | {"updates"})
 
     async def run(self, graph, graph_input: Any, config: dict, **kwargs: Any) -> None:
         """Run the graph and publish what it streams, in the requested modes."""
@@ -76,6 +82,8 @@ class RunStreamWriter:
     async def emit(self, item: tuple) -> None:
         """One item of ``graph.astream(stream_mode=[...], subgraphs=...)``: (mode, chunk) or (ns, mode, chunk)."""
         ns, mode, chunk = item if len(item) == 3 else ((), *item)
+        if mode == "updates" and not ns and isinstance(chunk, dict) and INTERRUPT in chunk:
+            self.paused = True
         suffix = "".join(f"|{part}" for part in ns)
         if mode == "messages":
             await self._messages(chunk, suffix)

@@ -32,6 +32,7 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
         await backend.start()
         app.state.backend = backend
         app.state.crons = Crons(backend, await backend.js.key_value(broker.CRONS_BUCKET))
+        await app.state.crons.start()
         stopping = asyncio.Event()
         background = [
             asyncio.create_task(WebhookSender(backend).run(stopping), name="webhooks"),
@@ -43,6 +44,7 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
         finally:
             stopping.set()
             await asyncio.gather(*background, return_exceptions=True)
+            await app.state.crons.stop()
             await backend.stop()
             await broker.close(nc)
 

@@ -7,6 +7,7 @@ from nats.aio.client import Client as NATS
 from services.gateway.domain.assistants import Assistants
 from services.gateway.domain.runs import Runs
 from services.gateway.domain.threads import Threads
+from services.gateway.run_watch import RunWatch
 from threadbus import broker
 from threadbus.checkpointer import JetStreamSaver
 from threadbus.graphs import GraphRegistry
@@ -35,12 +36,17 @@ class Backend:
         self.assistants = Assistants(
             self.graphs, await self.js.key_value(broker.ASSISTANTS_BUCKET), await self.js.key_value(broker.ASSISTANT_VERSIONS_BUCKET)
         )
+        await self.assistants.start()
         self.reads = Reads(self.db, self.log, catch_up_timeout_s=self.settings.decision_timeout_s)
         self.threads = Threads(self.log, self.saver, self.graphs, await self.js.key_value(broker.THREADS_BUCKET), self.reads)
-        self.runs = Runs(self.log, self.settings, self.assistants, self.threads, self.reads)
+        self.run_watch = RunWatch(self.log)
+        await self.run_watch.start()
+        self.runs = Runs(self.log, self.settings, self.assistants, self.threads, self.reads, self.run_watch)
         self.store = await open_store(self.js, self.db, self.graphs)
         await self.assistants.register_graphs()
 
     async def stop(self) -> None:
+        await self.run_watch.stop()
+        await self.assistants.stop()
         await self.store.close()
         await self.db.close()

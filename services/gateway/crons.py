@@ -27,6 +27,7 @@ from pydantic import Field
 from services.gateway import auth
 from services.gateway.models import Body, RunCreate, ThreadCreate
 from threadbus import logs
+from threadbus.kv_mirror import KVMirror
 
 log = logs.get("threadbus.gateway.crons")
 router = APIRouter(tags=["crons"])
@@ -88,18 +89,17 @@ class Crons:
     def __init__(self, backend, kv):
         self.backend = backend
         self.kv = kv
+        # Every tick reads every cron: from memory, kept current by one watch of the bucket.
+        self.mirror = KVMirror(kv, "crons")
+
+    async def start(self) -> None:
+        await self.mirror.start()
+
+    async def stop(self) -> None:
+        await self.mirror.stop()
 
     async def all(self) -> list[tuple[dict[str, Any], int]]:
-        watcher = await self.kv.watch(">", ignore_deletes=True)
-        found = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                found.append((orjson.loads(entry.value), entry.revision))
-        finally:
-            await watcher.stop()
-        return found
+        return list(self.mirror.items())
 
     async def get(self, cron_id: str) -> tuple[dict[str, Any], int]:
         try:
@@ -135,7 +135,8 @@ class Crons:
             "updated_at": now.isoformat(),
             "next_run_date": next_run(body.schedule, body.timezone, now).isoformat(),
         }
-        await self.kv.create(record["cron_id"], orjson.dumps(record))
+        revision = await self.kv.create(record["cron_id"], orjson.dumps(record))
+        self.mirror.note(record["cron_id"], revision, record)
         log.info("cron created", cron_id=record["cron_id"], schedule=body.schedule, thread_id=thread_id)
         return record
 
@@ -153,14 +154,17 @@ class Crons:
         record["next_run_date"] = next_run(record["schedule"], record["timezone"], _now()).isoformat()
         record["updated_at"] = _now().isoformat()
         try:
-            await self.kv.update(cron_id, orjson.dumps(record), last=revision)
+            revision = await self.kv.update(cron_id, orjson.dumps(record), last=revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise HTTPException(409, f"Cron {cron_id} changed meanwhile; try again") from None
+        self.mirror.note(cron_id, revision, record)
         return record
 
     async def delete(self, cron_id: str) -> None:
-        await self.get(cron_id)
+        _, revision = await self.get(cron_id)
         await self.kv.delete(cron_id)
+        # The delete's own revision is not returned; any later one is, and supersedes this.
+        self.mirror.note(cron_id, revision + 1, None)
 
     # -- scheduling ---------------------------------------------------------------------------
     async def run(self, tick_s: float, stop: asyncio.Event) -> None:
@@ -184,9 +188,10 @@ class Crons:
             record["next_run_date"] = next_run(record["schedule"], record["timezone"], max(now, due)).isoformat()
             record["enabled"] = not ended
             try:
-                await self.kv.update(record["cron_id"], orjson.dumps(record), last=revision)
+                revision = await self.kv.update(record["cron_id"], orjson.dumps(record), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
-                pass  # another gateway moved it on, or the cron was changed: read afresh next tick
+                continue  # another gateway moved it on, or the cron was changed: read afresh next tick
+            self.mirror.note(record["cron_id"], revision, record)
 
     async def _fire(self, record: dict[str, Any], due: datetime) -> None:
         occurrence = f"{record['cron_id']}:{due.isoformat()}"

@@ -146,7 +146,7 @@ class RunCreate(Body):
     checkpoint_id: str | None = None
     checkpoint: dict[str, Any] | None = None
     checkpoint_during: bool | None = None
-    durability: str | None = None
+    durability: Literal["sync", "async", "exit"] | None = None
     interrupt_before: Literal["*"] | list[str] | None = None
     interrupt_after: Literal["*"] | list[str] | None = None
     webhook: str | None = None

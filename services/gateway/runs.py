@@ -31,7 +31,7 @@ def _location(run: dict, *, join: bool = False) -> dict[str, str]:
 async def _create(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> dict:
     b = backend(request)
     run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
-    async with b.runs.events(thread_id, run_request.run_id) as events:
+    async with b.runs.events(thread_id, run_request.run_id, fresh=True) as events:
         return await b.runs.submit(run_request, events)
 
 
@@ -39,7 +39,7 @@ async def _wait(request: Request, thread_id: str, body: RunCreate, *, temporary:
     b = backend(request)
     run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
     outcome = None
-    async with b.runs.events(thread_id, run_request.run_id) as events:
+    async with b.runs.events(thread_id, run_request.run_id, fresh=True) as events:
         run = await b.runs.submit(run_request, events)
         if events.ag_frame is not None:  # not ended by the decision timeout
             outcome = await views.outcome(events)
@@ -47,7 +47,8 @@ async def _wait(request: Request, thread_id: str, body: RunCreate, *, temporary:
         # No decision came in time, and the timeout ended that reader: follow the run afresh.
         async with b.runs.events(thread_id, run_request.run_id) as events:
             outcome = await views.outcome(events)
-    return JSONResponse(await b.runs.result_values(thread_id, outcome), headers=_location(run, join=True))
+    result = await b.runs.result_values(thread_id, outcome, run_request.graph_id)
+    return JSONResponse(result, headers=_location(run, join=True))
 
 
 @router.post("/threads/{thread_id}/runs")
@@ -67,7 +68,7 @@ async def _stream(request: Request, thread_id: str, body: RunCreate, *, temporar
     run_id = run_request.run_id
     stack = AsyncExitStack()
     try:
-        events = await stack.enter_async_context(b.runs.events(thread_id, run_id))
+        events = await stack.enter_async_context(b.runs.events(thread_id, run_id, fresh=True))
         chunks = await streams.open_chunks(b.js, thread_id, run_id, 0, stack)
         run = await b.runs.submit(run_request, events)
     except BaseException:

@@ -77,7 +77,7 @@ class WebhookSender:
             url = record.requested.kwargs.webhook
             body = {
                 **views.run_object(record, status),
-                "values": await self.backend.runs.result_values(thread_id, outcome),
+                "values": await self.backend.runs.result_values(thread_id, outcome, record.requested.graph_id),
                 "webhook_sent_at": contracts.now().isoformat(),
             }
             attempt = msg.metadata.num_delivered

@@ -21,6 +21,7 @@ import zlib
 import nats.js.errors
 
 from contracts import subjects
+from threadbus import broker
 
 _MEMBER = "member."
 
@@ -53,10 +54,7 @@ class Leases:
 
     async def fair_share(self) -> int:
         await self.kv.put(_MEMBER + self.name, b"")
-        try:
-            members = sum(1 for key in await self.kv.keys() if key.startswith(_MEMBER))
-        except nats.js.errors.NoKeysError:
-            members = 1
+        members = len(await broker.kv_scan(self.kv, _MEMBER + ">", meta_only=True))
         return math.ceil(self.partitions / max(members, 1))
 
     async def acquire(self, wanted: int) -> list[int]:

@@ -9,10 +9,12 @@ thread's state is cached in memory and, on first sight, folded from its snapshot
 tail after it (:mod:`services.orchestrator.snapshots`), so a restart loses nothing (DESIGN
 invariant 6) and a cold start costs the tail, not the thread's history.
 
-Decisions are appended one at a time with an expected-sequence check over the thread's control
-events: if anything was appended since the state was folded, the append is refused, the state
-catches up from the log and the decision is made again. A second orchestrator, or one that
-resumes after a pause, cannot append a decision based on a stale state (invariant 1).
+Decisions are appended with an expected-sequence check over the thread's control events, those
+that follow from one state together as one atomic batch (a request's ``RunAccepted`` and the
+``RunStarted`` of an idle thread): if anything was appended since the state was folded, the
+batch is refused, the state catches up from the log and the decisions are made again. A second
+orchestrator, or one that resumes after a pause, cannot append a decision based on a stale state
+(invariant 1).
 """
 
 from __future__ import annotations
@@ -333,9 +335,11 @@ class Orchestrator:
         entries = await self.log.read(subjects.thread_control(state.thread_id), after=state.seq, through=through)
         return fold(state, _decoded(entries))
 
-    async def _settle(self, state: ThreadState) -> ThreadState:
-        conflicts = 0
-        refusals: dict[str, contracts.RunRejected | None] = {}  # run id -> asked once per settling
+    async def _decisions(self, state: ThreadState, refusals: dict[str, contracts.RunRejected | None]) -> list[contracts.Event]:
+        """The decisions the state calls for that can be appended together: up to a rollback's
+        tombstone, which must be followed by its compaction before anything else is decided (a
+        run started after it starts from the state before the rolled-back run)."""
+        decisions: list[contracts.Event] = []
         while (decision := next_decision(state, self.settings.paused_thread_input)) is not None:
             if (request := _answered_request(state)) is not None:
                 # Checked before any decision it causes: a request naming nothing that exists
@@ -343,8 +347,20 @@ class Orchestrator:
                 if request.run_id not in refusals:
                     refusals[request.run_id] = await self.admission.refusal(request)
                 decision = refusals[request.run_id] or decision
+            decisions.append(decision)
+            if isinstance(decision, contracts.RunRolledBack):
+                break
+            state = evolve(state, decision)
+        return decisions
+
+    async def _settle(self, state: ThreadState) -> ThreadState:
+        conflicts = 0
+        refusals: dict[str, contracts.RunRejected | None] = {}  # run id -> asked once per settling
+        while decisions := await self._decisions(state, refusals):
+            # One atomic batch (accepted and started, typically): all land, or none if anything
+            # was appended to the thread since the state was folded.
             try:
-                seq = await self.log.append_event(decision, expect=state.seq, scope="thread")
+                last_seq = await self.log.append_events(decisions, expect=state.seq)
             except Conflict as conflict:
                 conflicts += 1
                 newest = conflict.last_seq if conflict.last_seq and conflict.last_seq > state.seq else 0
@@ -354,19 +370,23 @@ class Orchestrator:
                     caught_up = await self._load(state.thread_id, through=newest)
                 state = caught_up
                 continue
-            _count(state, decision)
+            first_seq = last_seq - len(decisions) + 1
+            settled = state
+            for seq, decision in enumerate(decisions, first_seq):
+                _count(settled, decision)
+                settled = evolve(settled, decision, seq)
+                run_id = getattr(decision, "run_id", None)
+                log.info("decided", decision=type(decision).__name__, run_id=run_id, seq=seq, **_details(decision))
             if self.replicated:
                 # A replicated stream checks the expectation against what it has applied, so an
                 # append by another writer still replicating (an executor's outcome on another
                 # run's subject) can land just before ours, unseen: fold what the log holds up to
-                # our decision instead, or that event would be skipped as already seen.
-                state = await self._catch_up(state, through=seq)
+                # our decisions instead, or that event would be skipped as already seen.
+                state = await self._catch_up(state, through=last_seq)
             else:
-                state = evolve(state, decision, seq)
-            run_id = getattr(decision, "run_id", None)
-            log.info("decided", decision=type(decision).__name__, run_id=run_id, seq=seq, **_details(decision))
-            if isinstance(decision, contracts.RunRolledBack):
-                await self.log.compact(state.thread_id, decision.run_id, below=seq)
+                state = settled
+            if isinstance(decisions[-1], contracts.RunRolledBack):
+                await self.log.compact(state.thread_id, decisions[-1].run_id, below=last_seq)
         return state
 
     def _remember(self, state: ThreadState) -> None:

@@ -12,8 +12,9 @@ from fastapi import HTTPException
 
 from services.gateway.domain import records
 from services.gateway.models import AssistantCreate, AssistantPatch
-from threadbus import runrequest
+from threadbus import broker, runrequest
 from threadbus.graphs import GraphRegistry, assistant_id_for
+from threadbus.kv_mirror import KVMirror
 
 
 def version_key(assistant_id: str, version: int) -> str:
@@ -25,6 +26,14 @@ class Assistants:
         self.graphs = graphs
         self.kv = kv
         self.versions_kv = versions_kv
+        # Every run names an assistant: answered from memory, kept current by a watch of the bucket.
+        self.mirror = KVMirror(kv, "assistants")
+
+    async def start(self) -> None:
+        await self.mirror.start()
+
+    async def stop(self) -> None:
+        await self.mirror.stop()
 
     async def register_graphs(self) -> None:
         """Every graph of ``langgraph.json`` as a system assistant, once."""
@@ -69,6 +78,9 @@ class Assistants:
                     f"Invalid assistant: {assistant_id!r}. Must be either:\n- A valid assistant UUID, or\n"
                     f"- One of the registered graphs: {', '.join(self.graphs.ids())}",
                 ) from None
+        cached = self.mirror.get(assistant_id_for(assistant_id) if assistant_id in self.graphs else assistant_id)
+        if cached is not None:
+            return cached[0]
         try:
             return await self.get(assistant_id)
         except HTTPException as err:
@@ -119,6 +131,7 @@ class Assistants:
             if not await records.put_new(self.versions_kv, version_key(aid, record["version"]), record):
                 continue  # a concurrent patch took this number
             try:
+                self.mirror.invalidate(aid)
                 await self.kv.update(aid, orjson.dumps(record), last=revision)
                 return record
             except nats.js.errors.KeyWrongLastSequenceError:
@@ -130,15 +143,7 @@ class Assistants:
 
     async def versions(self, assistant_id: str, metadata: dict | None = None) -> list[dict[str, Any]]:
         """Every stored version of the assistant, newest first."""
-        watcher = await self.versions_kv.watch(f"{assistant_id}.*", ignore_deletes=True)
-        versions = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                versions.append(orjson.loads(entry.value))
-        finally:
-            await watcher.stop()
+        versions = [orjson.loads(entry.value) for entry in await broker.kv_scan(self.versions_kv, f"{assistant_id}.*")]
         versions = [v for v in versions if records.matches(v.get("metadata") or {}, metadata)]
         return sorted(versions, key=lambda v: v["version"], reverse=True)
 
@@ -153,10 +158,12 @@ class Assistants:
         def change(record):
             return {**chosen, "created_at": record["created_at"], "updated_at": records.iso_now()}
 
+        self.mirror.invalidate(aid)
         return await records.update(self.kv, aid, change) or chosen
 
     async def delete(self, assistant_id: str) -> None:
         current = await self.get(assistant_id)
+        self.mirror.invalidate(current["assistant_id"])
         await self.kv.delete(current["assistant_id"])
         for version in await self.versions(current["assistant_id"]):
             await self.versions_kv.purge(version_key(current["assistant_id"], version["version"]))

@@ -3,7 +3,6 @@ revision check), ids, errors and the small pure helpers on records."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -13,6 +12,7 @@ import orjson
 from fastapi import HTTPException
 
 from services.gateway import auth
+from threadbus import broker
 
 def iso_now() -> str:
     return datetime.now(timezone.utc).isoformat()
@@ -81,9 +81,4 @@ async def update(kv, key: str, change) -> dict[str, Any] | None:
     raise HTTPException(409, f"{key} is being updated concurrently; try again")
 
 async def all_records(kv) -> list[dict[str, Any]]:
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
-    records = await asyncio.gather(*(get(kv, k) for k in keys))
-    return [r for r, _ in filter(None, records)]
+    return [orjson.loads(entry.value) for entry in await broker.kv_scan(kv) if entry.value]

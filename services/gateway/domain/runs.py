@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import HTTPException
 
 import contracts
 from contracts import subjects
-from services.gateway import views
+from services.gateway import results, views
 from services.gateway.domain import records
 from services.gateway.domain.assistants import Assistants
 from services.gateway.domain.threads import Threads
 from services.gateway.models import RunCreate, ThreadCreate
+from services.gateway.run_watch import RunWatch
 from threadbus import logs, runrequest
 from threadbus.read_model import projection, rows
 from threadbus.read_model.reads import Reads
@@ -32,22 +32,20 @@ _REJECTION_STATUS = {"not_paused": 400, "unknown_assistant": 404, "unknown_threa
 
 
 class Runs:
-    def __init__(self, log: ThreadLog, settings: Settings, assistants: Assistants, threads: Threads, reads: Reads):
+    def __init__(
+        self, log: ThreadLog, settings: Settings, assistants: Assistants, threads: Threads, reads: Reads, watch: RunWatch
+    ):
         self.log = log
         self.settings = settings
         self.assistants = assistants
         self.threads = threads
         self.reads = reads
+        self.watch = watch
 
-    @asynccontextmanager
-    async def events(self, thread_id: str, run_id: str) -> AsyncIterator[AsyncIterator[contracts.Event]]:
-        async with self.log.follow(subjects.run_control(thread_id, run_id)) as entries:
-
-            async def events():
-                async for entry in entries:
-                    yield entry.event()
-
-            yield events()
+    def events(self, thread_id: str, run_id: str, *, fresh: bool = False):
+        """The run's control events from its first (a context manager: :meth:`RunWatch.events`).
+        ``fresh``: a run whose request is about to be appended."""
+        return self.watch.events(thread_id, run_id, fresh=fresh)
 
     async def prepare(
         self, thread_id: str, body: RunCreate, *, temporary: bool = False, run_id: str | None = None
@@ -84,6 +82,7 @@ class Runs:
             subgraphs=body.stream_subgraphs,
             resumable=body.stream_resumable,
             temporary=temporary,
+            durability=body.durability,
         )
 
     async def submit(self, request: contracts.RunRequested, events: AsyncIterator[contracts.Event]) -> dict[str, Any]:
@@ -103,12 +102,19 @@ class Runs:
         log.info("run accepted", thread_id=request.thread_id, run_id=request.run_id, strategy=request.multitask_strategy)
         return rows.run_object(projection.run_row(request, "pending", request.at))
 
-    async def result_values(self, thread_id: str, outcome: contracts.Event) -> Any:
-        """What ``wait`` and ``join`` return: the final values, with ``__interrupt__`` or ``__error__``."""
+    async def result_values(self, thread_id: str, outcome: contracts.Event, graph_id: str | None = None) -> Any:
+        """What ``wait`` and ``join`` return: the final values, with ``__interrupt__`` or ``__error__``.
+        ``graph_id``: the run's graph, when the caller knows it (else the thread's record says)."""
         match outcome:
+            case contracts.RunSucceeded(values=None, checkpoint_id=str(checkpoint_id)):
+                graph = await self._graph(thread_id, graph_id, outcome.run_id)
+                return await results.checkpoint_values(self.threads.saver, graph, thread_id, checkpoint_id) if graph else {}
             case contracts.RunSucceeded(values=values):
-                return values
-            case contracts.RunInterrupted(values=values, interrupts=interrupts):
+                return values  # an outcome written before outcomes named their checkpoint
+            case contracts.RunInterrupted(values=values, interrupts=interrupts, checkpoint_id=checkpoint_id):
+                if values is None:
+                    graph = await self._graph(thread_id, graph_id, outcome.run_id)
+                    values = await results.paused_values(self.threads.saver, graph, thread_id, checkpoint_id) if graph else {}
                 flat = [i for group in interrupts.values() for i in group]
                 if not flat:  # paused by interrupt_before/after: no interrupt values to show
                     return values
@@ -116,6 +122,23 @@ class Runs:
             case contracts.RunFailed(error=error, message=message):
                 return {"__error__": {"error": error, "message": message}}
         return await self.threads.values(thread_id)
+
+    async def _graph(self, thread_id: str, graph_id: str | None, run_id: str | None = None):
+        """The run's graph, with the gateway's saver: the one named, else the run's request's
+        (a run requested by another service), else the thread's."""
+        if graph_id is None and run_id is not None:
+            requested = await self.log.last(subjects.sibling(subjects.run_control(thread_id, run_id), "RunRequested"))
+            graph_id = requested.event().graph_id if requested is not None else None
+        if graph_id is None:
+            try:
+                record = await self.threads.record(thread_id)
+            except HTTPException:
+                return None
+            graph_id = (record.get("metadata") or {}).get("graph_id")
+        if graph_id is None or graph_id not in self.threads.graphs:
+            return None
+        graph = await self.threads.graphs.build(graph_id, {"configurable": {"thread_id": thread_id}})
+        return graph.copy(update={"checkpointer": self.threads.saver})
 
     async def request_cancel(self, thread_id: str, run_id: str, action: str) -> None:
         await self.log.append_event(contracts.RunCancelRequested(thread_id=thread_id, run_id=run_id, action=action))

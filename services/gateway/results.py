@@ -1,0 +1,43 @@
+"""What ``wait``, ``join`` and webhooks answer with: a run's result, read from the checkpoint its
+outcome names.
+
+An outcome says which checkpoint holds the run's final state (``checkpoint_id``); the values are
+read from that one record with one direct get and decoded once, with the graph's own channels, as
+LangGraph's ``StateSnapshot.values`` are (not a replay of the thread, not a state read).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.pregel._checkpoint import achannels_from_checkpoint
+from langgraph.pregel._io import read_channels
+
+from contracts import subjects
+from threadbus.checkpointer import JetStreamSaver
+from threadbus.jsonable import jsonable
+
+
+async def checkpoint_values(saver: JetStreamSaver, graph, thread_id: str, checkpoint_id: str) -> Any:
+    """The state values in one checkpoint of the thread's root namespace; {} when it is gone."""
+    entry = await saver.log.last(subjects.checkpoints(thread_id, "", checkpoint_id))
+    if entry is None:
+        return {}
+    blob = entry.event().checkpoint
+    checkpoint = saver.serde.loads_typed((blob.type, blob.data))
+    config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
+    # LangGraph's own reading of channels from a checkpoint: a channel's stored form is not always
+    # its value (a delta channel replays its history through the saver).
+    channels, _ = await achannels_from_checkpoint(graph.channels, checkpoint, saver=saver, config=config)
+    return jsonable(read_channels(channels, graph.stream_channels_asis))
+
+
+async def paused_values(saver: JetStreamSaver, graph, thread_id: str, checkpoint_id: str | None) -> Any:
+    """The values of a pause as the thread's state shows them while it is paused there: with the
+    writes of the tasks that finished beside the interrupted one (parallel branches) applied. A
+    pause is not the hot path, so this is a state read."""
+    snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
+    newest = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
+    if checkpoint_id is None or newest == checkpoint_id:
+        return jsonable(snapshot.values)
+    return await checkpoint_values(saver, graph, thread_id, checkpoint_id)  # the thread moved on since
