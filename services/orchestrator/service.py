@@ -33,7 +33,7 @@ from contracts import subjects
 from services.orchestrator.decider import next_decision
 from threadbus.thread_state import ThreadState, evolve, fold
 from services.orchestrator.leases import Leases
-from threadbus import broker, logs, metrics
+from threadbus import broker, logs, metrics, thread_events
 from threadbus.settings import Settings
 from threadbus.threadlog import Conflict, ThreadLog
 
@@ -277,6 +277,7 @@ class Orchestrator:
                 state = caught_up
                 continue
             _count(state, decision)
+            never_started = isinstance(decision, contracts.RunCancelled) and decision.run_id in state.queue
             if self.replicated:
                 # A replicated stream checks the expectation against what it has applied, so an
                 # append by another writer still replicating (an executor's outcome on another
@@ -287,6 +288,9 @@ class Orchestrator:
                 state = evolve(state, decision, seq)
             run_id = getattr(decision, "run_id", None)
             log.info("decided", decision=type(decision).__name__, run_id=run_id, seq=seq, **_details(decision))
+            if never_started:
+                # No executor will end it on the v3 thread stream: its clients are told here.
+                await thread_events.publish_cancelled(self.nc.jetstream(), state.thread_id, decision.run_id)
             if isinstance(decision, contracts.RunRolledBack):
                 await self.log.compact(state.thread_id, decision.run_id, below=seq)
         return state
