@@ -295,6 +295,10 @@ class Backend:
             raise not_found(f"Thread with ID {thread_id}")
         return found[0]
 
+    async def thread_exists(self, thread_id: str) -> bool:
+        """Whether the thread has a record, whoever owns it."""
+        return await self._get(self.threads_kv, thread_id) is not None
+
     async def create_thread(self, body: ThreadCreate) -> dict[str, Any]:
         thread_id = check_uuid(body.thread_id, "thread") if body.thread_id else str(uuid.uuid4())
         # A create handler may add to the metadata (a tenant, a label) before it is stored.

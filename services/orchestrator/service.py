@@ -290,7 +290,10 @@ class Orchestrator:
             log.info("decided", decision=type(decision).__name__, run_id=run_id, seq=seq, **_details(decision))
             if never_started:
                 # No executor will end it on the v3 thread stream: its clients are told here.
-                await thread_events.publish_cancelled(self.nc.jetstream(), state.thread_id, decision.run_id)
+                try:
+                    await thread_events.publish_cancelled(self.nc.jetstream(), state.thread_id, decision.run_id)
+                except broker.UNREACHABLE as err:  # the decision stands; only its stream clients wait longer
+                    log.warning("cancel not published on the thread stream", run_id=decision.run_id, error=repr(err))
             if isinstance(decision, contracts.RunRolledBack):
                 await self.log.compact(state.thread_id, decision.run_id, below=seq)
         return state
