@@ -22,7 +22,6 @@ from typing import Any
 
 import msgspec
 import nats.js.errors
-import orjson
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from contracts import subjects
@@ -57,7 +56,7 @@ class StoredEvent:
         head = _head.decode(payload)
         name = None
         if head.method == "custom":
-            data = orjson.loads(head.params.data)
+            data = msgspec.json.decode(head.params.data)
             name = data.get("name") if isinstance(data, dict) else None
         return cls(seq, head.method, head.params.namespace, name, payload)
 
