@@ -204,9 +204,10 @@ async def test_agent_get_tree(client):
 
 async def test_remote_graph_v3_happy_path_interrupt_resume(server):
     remote = RemoteGraph("v3_agent", url=server.url)
-    config = {"configurable": {"thread_id": str(uuid.uuid4())}}
+    config = {"configurable": {"thread_id": str(uuid.uuid4()), "token_delay": 0.05}}
     async with await remote.astream_events(HI, config, version="v3") as run:
-        assert await run.interrupted()
+        snapshots = [s async for s in run.values]  # until the pause
+        assert snapshots and await run.interrupted()
         assert [i["value"] for i in await run.interrupts()] == ["Are we good?"]
     async with await remote.astream_events(Command(resume="sure"), config, version="v3") as run:
         output = await run.output()
