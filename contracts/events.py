@@ -34,6 +34,7 @@ __all__ = [
     "RunFailed",
     "RunInterrupted",
     "RunRolledBack",
+    "RunDeleted",
     "ThreadCreated",
     "ThreadUpdated",
     "ThreadDeleted",
@@ -169,6 +170,13 @@ class RunRolledBack(Event, tag=True, kw_only=True):
     run_id: str
 
 
+class RunDeleted(Event, tag=True, kw_only=True):
+    """Tombstone: a finished run was deleted (``DELETE /threads/{t}/runs/{r}``); its control events
+    were purged, its checkpoints stay part of the thread's history."""
+
+    run_id: str
+
+
 class ThreadCreated(Event, tag=True, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -253,6 +261,7 @@ ControlEvent = Union[
     RunFailed,
     RunInterrupted,
     RunRolledBack,
+    RunDeleted,
     ThreadCreated,
     ThreadUpdated,
     ThreadDeleted,

@@ -26,7 +26,7 @@ ASYNCAPI = Path(__file__).resolve().parent / "asyncapi.json"
 
 # Who publishes what: commands come from the gateway or any other service; decisions from
 # the orchestrator; outcomes, checkpoints and stream chunks from the executor.
-COMMANDS = {"RunRequested", "RunCancelRequested", "ThreadCreated", "ThreadUpdated", "ThreadDeleted"}
+COMMANDS = {"RunRequested", "RunCancelRequested", "RunDeleted", "ThreadCreated", "ThreadUpdated", "ThreadDeleted"}
 DECISIONS = {"RunAccepted", "RunRejected", "RunStarted", "RunCancelled", "RunRolledBack"}
 
 

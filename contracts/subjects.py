@@ -70,6 +70,7 @@ EVENT_TOKENS = {
     "RunFailed": "failed",
     "RunInterrupted": "interrupted",
     "RunRolledBack": "rolledback",
+    "RunDeleted": "run_deleted",
     "ThreadCreated": "created",
     "ThreadUpdated": "updated",
     "ThreadDeleted": "deleted",
@@ -152,6 +153,11 @@ def checkpoints(thread_id: str | None, ns: str | None = None, checkpoint_id: str
     ns_tok = "*" if ns is None else token(ns)
     id_tok = "*" if checkpoint_id is None else token(checkpoint_id)
     return f"{PREFIX}.{thread_tok}.*.run.*.ckpt.{ns_tok}.{id_tok}"
+
+
+def partition_checkpoints(partition: int) -> str:
+    """Stored checkpoints of every thread of one partition."""
+    return f"{PREFIX}.*.{partition}.run.*.ckpt.>"
 
 
 def writes_record(thread_id: str, run_id: str, ns: str, checkpoint_id: str, task_id: str) -> str:

@@ -1,7 +1,10 @@
-"""Shared fixtures: a real nats-server for the whole session.
+"""Shared fixtures: a real nats-server and a real PostgreSQL for the whole session.
 
 With ``NATS_URL`` set, that server is used instead. With ``THREADBUS_TEST_DOCKER=1`` and a
-reachable Docker engine, testcontainers' ``NatsContainer`` provides it.
+reachable Docker engine, testcontainers' ``NatsContainer`` provides it. Every threadbus process a
+test starts gets a database of its own on the session's Postgres, one per nats-server it uses
+(:func:`tests.support.database_for`); with ``THREADBUS_TEST_POSTGRES_URL`` set, that server is
+used instead.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import uuid
 
 import pytest
 
-from threadbus.embedded import EmbeddedNats
+from threadbus.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +34,21 @@ def nats_url(tmp_path_factory):
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_url(tmp_path_factory):
+    """The session's PostgreSQL server (its maintenance database), for every process started."""
+    if os.environ.get("THREADBUS_TEST_POSTGRES_URL"):
+        yield os.environ["THREADBUS_TEST_POSTGRES_URL"]
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "data", durable=False)
+    os.environ["THREADBUS_TEST_POSTGRES_URL"] = server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        del os.environ["THREADBUS_TEST_POSTGRES_URL"]
 
 
 @pytest.fixture

@@ -10,13 +10,33 @@ import time
 import urllib.request
 from pathlib import Path
 
+import hashlib
+
 import nats
+import psycopg
 
 from threadbus import verify
 from threadbus.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_GRAPHS = ROOT / "tests" / "graphs" / "langgraph.json"
+
+
+def database_for(nats_url: str) -> str:
+    """A database of the session's Postgres for the threadbus processes on one nats-server: they
+    share a read model, and processes on another nats-server (another log) have another."""
+    admin = os.environ["THREADBUS_TEST_POSTGRES_URL"]
+    name = "tb_" + hashlib.sha1(nats_url.encode()).hexdigest()[:16]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'create database "{name}"')
+    return admin.rsplit("/", 1)[0] + "/" + name
+
+
+def _nats_url_of(args: list[str], env: dict[str, str]) -> str | None:
+    if "--nats-url" in args:
+        return args[args.index("--nats-url") + 1]
+    return env.get("NATS_URL") or env.get("THREADBUS_NATS_URL")
 
 
 class ThreadbusProcess:
@@ -27,6 +47,9 @@ class ThreadbusProcess:
         self.args = args
         self.log_path = log_path
         self.env = {**os.environ, "THREADBUS_PORT": str(self.port), "THREADBUS_LOG_FORMAT": "json", **(env or {})}
+        nats_url = _nats_url_of(args, self.env)
+        if "THREADBUS_DATABASE_URL" not in self.env and nats_url and "THREADBUS_TEST_POSTGRES_URL" in self.env:
+            self.env["THREADBUS_DATABASE_URL"] = database_for(nats_url)
         self.process: subprocess.Popen | None = None
 
     @property

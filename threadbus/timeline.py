@@ -39,6 +39,8 @@ def describe(event: contracts.Event) -> str:
             return "outcome=stopped"
         case contracts.RunRolledBack():
             return "rolled back: its events and checkpoints were removed"
+        case contracts.RunDeleted():
+            return "deleted: its events were removed, its checkpoints kept"
         case contracts.ThreadCreated(metadata=metadata) | contracts.ThreadUpdated(metadata=metadata):
             return f"metadata={metadata}"
     return ""

@@ -279,6 +279,10 @@ class _Replay:
             return
         if run_id is None:
             return
+        if isinstance(event, contracts.RunDeleted):
+            # A finished run deleted on request: its control events are gone, nothing to check.
+            self.runs.pop(run_id, None)
+            return
         r = self.run(run_id)
         name = type(event).__name__
         r.control.append((seq, name))

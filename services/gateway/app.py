@@ -19,6 +19,7 @@ from services.gateway.backend import Backend
 from services.gateway.webhooks import WebhookSender
 from threadbus import broker, logs, metrics
 from threadbus.graphs import GraphRegistry
+from threadbus.read_model.database import DatabaseUnavailable
 from threadbus.settings import Settings
 
 log = logs.get("threadbus.gateway")
@@ -42,6 +43,7 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
         finally:
             stopping.set()
             await asyncio.gather(*background, return_exceptions=True)
+            await backend.stop()
             await broker.close(nc)
 
     app = FastAPI(title="threadbus", version=threadbus.__version__, lifespan=lifespan, responses=ERROR_RESPONSES)
@@ -54,6 +56,11 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
     @app.exception_handler(InvalidNamespaceError)
     async def invalid_namespace(request: Request, exc: InvalidNamespaceError):
         return JSONResponse({"detail": _error_list(str(exc), ["body", "namespace"])}, status_code=422)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_away(request: Request, exc: DatabaseUnavailable):
+        log.warning("read model database unavailable", path=request.url.path, error=str(exc)[:200])
+        return JSONResponse({"detail": f"The read model's database is unavailable; try again shortly ({exc})"}, status_code=503)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):

@@ -24,12 +24,12 @@ def backend(request: Request):
 
 @router.post("")
 async def create(body: AssistantCreate, request: Request):
-    return await backend(request).create_assistant(body)
+    return await backend(request).assistants.create(body)
 
 
 @router.post("/search")
 async def search(body: AssistantSearch, request: Request):
-    found = await backend(request).search_assistants(body.graph_id, body.metadata, body.name)
+    found = await backend(request).assistants.search(body.graph_id, body.metadata, body.name)
     if body.sort_by:
         found.sort(key=lambda a: a.get(body.sort_by) or "", reverse=body.sort_order != "asc")
     page = found[body.offset : body.offset + body.limit]
@@ -40,42 +40,42 @@ async def search(body: AssistantSearch, request: Request):
 
 @router.post("/count")
 async def count(body: AssistantCount, request: Request):
-    return len(await backend(request).search_assistants(body.graph_id, body.metadata, body.name))
+    return len(await backend(request).assistants.search(body.graph_id, body.metadata, body.name))
 
 
 @router.get("/{assistant_id}")
 async def get(assistant_id: str, request: Request):
-    return await backend(request).get_assistant(assistant_id)
+    return await backend(request).assistants.get(assistant_id)
 
 
 @router.patch("/{assistant_id}")
 async def patch(assistant_id: str, body: AssistantPatch, request: Request):
-    return await backend(request).patch_assistant(assistant_id, body)
+    return await backend(request).assistants.patch(assistant_id, body)
 
 
 @router.post("/{assistant_id}/versions")
 async def versions(assistant_id: str, body: AssistantVersions, request: Request):
     b = backend(request)
-    current = await b.get_assistant(assistant_id)
-    found = await b.assistant_versions(current["assistant_id"], body.metadata)
+    current = await b.assistants.get(assistant_id)
+    found = await b.assistants.versions(current["assistant_id"], body.metadata)
     return found[body.offset : body.offset + body.limit]
 
 
 @router.post("/{assistant_id}/latest")
 async def set_latest(assistant_id: str, body: AssistantLatest, request: Request):
-    return await backend(request).set_latest_version(assistant_id, body.version)
+    return await backend(request).assistants.set_latest_version(assistant_id, body.version)
 
 
 @router.delete("/{assistant_id}", status_code=204)
 async def delete(assistant_id: str, request: Request):
-    await backend(request).delete_assistant(assistant_id)
+    await backend(request).assistants.delete(assistant_id)
     return Response(status_code=204)
 
 
 async def _graph(assistant_id: str, request: Request) -> tuple[dict, Pregel]:
     b = backend(request)
-    assistant = await b.get_assistant(assistant_id)
-    return assistant, await b.graph_for(assistant)
+    assistant = await b.assistants.get(assistant_id)
+    return assistant, await b.assistants.graph_for(assistant)
 
 
 @router.get("/{assistant_id}/graph")

@@ -155,3 +155,16 @@ def satisfies(metadata: dict[str, Any] | None, filters: dict[str, Any] | None) -
         elif (wanted.get("$eq") if isinstance(wanted, dict) else wanted) != found:
             return False
     return True
+
+
+def metadata_conditions(filters: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Ownership and an ``@auth.on`` handler's filters as metadata containments, for a query:
+    the same conditions as :func:`owns` and :func:`satisfies`."""
+    identity = current_identity.get()
+    conditions = [] if identity is None else [{"owner": identity}]
+    for key, wanted in (filters or {}).items():
+        if isinstance(wanted, dict) and "$contains" in wanted:
+            conditions.append({key: [wanted["$contains"]]})
+        else:
+            conditions.append({key: wanted.get("$eq") if isinstance(wanted, dict) else wanted})
+    return conditions

@@ -113,8 +113,8 @@ class Crons:
 
     async def create(self, body: CronCreate, thread_id: str | None) -> dict[str, Any]:
         if thread_id is not None:
-            await self.backend.thread_record(thread_id)  # exists, and is the caller's
-        await self.backend.run_assistant(body.assistant_id)
+            await self.backend.threads.record(thread_id)  # exists, and is the caller's
+        await self.backend.assistants.for_run(body.assistant_id)
         now = _now()
         payload = body.model_dump(
             exclude_none=True, exclude={"schedule", "timezone", "end_time", "enabled", "on_run_completed"}
@@ -199,10 +199,10 @@ class Crons:
             thread_id = str(uuid.uuid5(_OCCURRENCE, occurrence + ":thread"))
             temporary = record.get("on_run_completed") != "keep"
             if not temporary:
-                await self.backend.create_thread(
+                await self.backend.threads.create(
                     ThreadCreate(thread_id=thread_id, if_exists="do_nothing", metadata={"cron_id": record["cron_id"]})
                 )
-        request = await self.backend.prepare_run(thread_id, body, temporary=temporary, run_id=run_id)
+        request = await self.backend.runs.prepare(thread_id, body, temporary=temporary, run_id=run_id)
         await self.backend.log.append_event(request)
         log.info("cron fired", cron_id=record["cron_id"], thread_id=thread_id, run_id=run_id, due=due.isoformat())
 

@@ -96,9 +96,13 @@ class ThreadSearch(Body):
     status: Literal["idle", "busy", "interrupted", "error"] | None = None
     limit: int = Field(default=10, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
-    sort_by: Literal["thread_id", "status", "created_at", "updated_at"] | None = None
+    sort_by: Literal["thread_id", "status", "created_at", "updated_at", "state_updated_at"] | None = None
     sort_order: Literal["asc", "desc"] | None = None
-    select: list[str] | None = None
+    select: list[
+        Literal["thread_id", "created_at", "updated_at", "state_updated_at", "metadata", "config", "context", "status", "values", "interrupts", "error"]
+    ] | None = None
+    # alias -> a path into the thread (``values.messages[-1]``); returned under ``extracted``.
+    extract: dict[str, str] | None = Field(default=None, max_length=10)
 
 
 class ThreadCount(Body):

@@ -14,6 +14,10 @@ from services.gateway.models import RunCancelMany, RunCreate
 
 router = APIRouter(tags=["runs"])
 
+RunSelectField = Literal[
+    "run_id", "thread_id", "assistant_id", "created_at", "updated_at", "status", "metadata", "kwargs", "multitask_strategy"
+]
+
 def backend(request: Request):
     return request.app.state.backend
 
@@ -26,24 +30,24 @@ def _location(run: dict, *, join: bool = False) -> dict[str, str]:
 
 async def _create(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> dict:
     b = backend(request)
-    run_request = await b.prepare_run(thread_id, body, temporary=temporary)
-    async with b.run_events(thread_id, run_request.run_id) as events:
-        return await b.submit(run_request, events)
+    run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
+    async with b.runs.events(thread_id, run_request.run_id) as events:
+        return await b.runs.submit(run_request, events)
 
 
 async def _wait(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> JSONResponse:
     b = backend(request)
-    run_request = await b.prepare_run(thread_id, body, temporary=temporary)
+    run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
     outcome = None
-    async with b.run_events(thread_id, run_request.run_id) as events:
-        run = await b.submit(run_request, events)
+    async with b.runs.events(thread_id, run_request.run_id) as events:
+        run = await b.runs.submit(run_request, events)
         if events.ag_frame is not None:  # not ended by the decision timeout
             outcome = await views.outcome(events)
     if outcome is None:
         # No decision came in time, and the timeout ended that reader: follow the run afresh.
-        async with b.run_events(thread_id, run_request.run_id) as events:
+        async with b.runs.events(thread_id, run_request.run_id) as events:
             outcome = await views.outcome(events)
-    return JSONResponse(await b.result_values(thread_id, outcome), headers=_location(run, join=True))
+    return JSONResponse(await b.runs.result_values(thread_id, outcome), headers=_location(run, join=True))
 
 
 @router.post("/threads/{thread_id}/runs")
@@ -59,13 +63,13 @@ async def wait(thread_id: str, body: RunCreate, request: Request):
 
 async def _stream(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> StreamingResponse:
     b = backend(request)
-    run_request = await b.prepare_run(thread_id, body, temporary=temporary)
+    run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
     run_id = run_request.run_id
     stack = AsyncExitStack()
     try:
-        events = await stack.enter_async_context(b.run_events(thread_id, run_id))
+        events = await stack.enter_async_context(b.runs.events(thread_id, run_id))
         chunks = await streams.open_chunks(b.js, thread_id, run_id, 0, stack)
-        run = await b.submit(run_request, events)
+        run = await b.runs.submit(run_request, events)
     except BaseException:
         await stack.aclose()
         raise
@@ -87,13 +91,13 @@ async def _sse_body(b, run: dict, stack: AsyncExitStack, chunks, events, options
     finished = False
     try:
         async for piece in streams.relay(
-            b.js, thread_id, run_id, chunks, events, options, b.settings.stream_heartbeat_s, lambda: b.values_of(thread_id)
+            b.js, thread_id, run_id, chunks, events, options, b.settings.stream_heartbeat_s, lambda: b.threads.values(thread_id)
         ):
             yield piece
         finished = True
     finally:
         # The client went away and asked for its run to go with it.
-        cancel = b.request_cancel(thread_id, run_id, "interrupt") if not finished and cancel_on_disconnect else None
+        cancel = b.runs.request_cancel(thread_id, run_id, "interrupt") if not finished and cancel_on_disconnect else None
         await streams.release(stack, first=cancel)
 
 
@@ -109,28 +113,23 @@ async def list_runs(
     limit: int = Query(10, ge=1, le=1000),
     offset: int = Query(0, ge=0),
     status: Literal["pending", "running", "error", "success", "timeout", "interrupted"] | None = None,
+    select: list[RunSelectField] | None = Query(None),
 ):
-    b = backend(request)
-    await b.thread_record(thread_id)
-    runs = (await views.thread_runs(b.log, thread_id)).run_objects()
-    runs = [r for r in runs if status is None or r["status"] == status]
-    runs.sort(key=lambda r: r["created_at"], reverse=True)
-    return runs[offset : offset + limit]
+    return await backend(request).runs.list(thread_id, limit=limit, offset=offset, status=status, select=select)
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}")
 async def get(thread_id: str, run_id: str, request: Request):
-    _, run = await backend(request).find_run(thread_id, run_id)
-    return run
+    return await backend(request).runs.find(thread_id, run_id)
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/join")
 async def join(thread_id: str, run_id: str, request: Request):
     b = backend(request)
-    _, run = await b.find_run(thread_id, run_id)
-    async with b.run_events(thread_id, run_id) as events:
+    run = await b.runs.find(thread_id, run_id)
+    async with b.runs.events(thread_id, run_id) as events:
         outcome = await views.outcome(events)
-    return JSONResponse(await b.result_values(thread_id, outcome), headers=_location(run, join=True))
+    return JSONResponse(await b.runs.result_values(thread_id, outcome), headers=_location(run, join=True))
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/stream")
@@ -143,11 +142,11 @@ async def join_stream(
     last_event_id: str | None = Header(None),
 ):
     b = backend(request)
-    runs, run = await b.find_run(thread_id, run_id)
+    run = await b.runs.find(thread_id, run_id)
     after_seq, replay = await streams.resume_point(b.js, thread_id, run_id, last_event_id)
     stack = AsyncExitStack()
     try:
-        events = await stack.enter_async_context(b.run_events(thread_id, run_id))
+        events = await stack.enter_async_context(b.runs.events(thread_id, run_id))
         chunks = await streams.open_chunks(b.js, thread_id, run_id, after_seq, stack)
     except BaseException:
         await stack.aclose()
@@ -156,7 +155,7 @@ async def join_stream(
         modes=streams.parse_modes(stream_mode),
         after_seq=after_seq,
         replay=replay,
-        with_ids=runs.runs[run_id].requested.kwargs.resumable,
+        with_ids=run["kwargs"].get("resumable", False),
     )
     body_iter = _sse_body(b, run, stack, chunks, events, options, cancel_on_disconnect=cancel_on_disconnect)
     return _sse_response(body_iter, run)
@@ -170,7 +169,7 @@ async def cancel(
     wait: bool = False,
     action: Literal["interrupt", "rollback"] = "interrupt",
 ):
-    await backend(request).cancel(thread_id, run_id, action, wait)
+    await backend(request).runs.cancel(thread_id, run_id, action, wait)
     if wait:
         return JSONResponse({}, headers=_location({"thread_id": thread_id, "run_id": run_id}, join=True))
     return Response(status_code=202)
@@ -178,13 +177,13 @@ async def cancel(
 
 @router.post("/runs/cancel", status_code=204)
 async def cancel_many(body: RunCancelMany, request: Request, action: Literal["interrupt", "rollback"] = "interrupt"):
-    await backend(request).cancel_many(body.thread_id, body.run_ids, body.status, action)
+    await backend(request).runs.cancel_many(body.thread_id, body.run_ids, body.status, action)
     return Response(status_code=204)
 
 
 @router.delete("/threads/{thread_id}/runs/{run_id}", status_code=204)
 async def delete(thread_id: str, run_id: str, request: Request):
-    await backend(request).delete_run(thread_id, run_id)
+    await backend(request).runs.delete(thread_id, run_id)
     return Response(status_code=204)
 
 

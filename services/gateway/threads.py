@@ -29,84 +29,77 @@ def backend(request: Request):
 
 @router.post("")
 async def create(body: ThreadCreate, request: Request):
-    return await backend(request).create_thread(body)
+    return await backend(request).threads.create(body)
 
 
 @router.post("/search")
 async def search(body: ThreadSearch, request: Request):
-    found = await backend(request).search_threads(
-        metadata=body.metadata, values=body.values, status=body.status, ids=body.ids
-    )
-    key = body.sort_by or "updated_at"
-    found.sort(key=lambda t: t.get(key) or "", reverse=body.sort_order != "asc")
-    page = found[body.offset : body.offset + body.limit]
-    if body.select:
-        page = [{k: t.get(k) for k in body.select} for t in page]
-    return page
+    return await backend(request).threads.search(body)
 
 
 @router.post("/count")
 async def count(body: ThreadCount, request: Request):
-    return len(await backend(request).search_threads(metadata=body.metadata, values=body.values, status=body.status))
+    return await backend(request).threads.search(body, count=True)
 
 
 @router.get("/{thread_id}")
 async def get(thread_id: str, request: Request):
     b = backend(request)
-    return await b.thread_object(await b.thread_record(thread_id))
+    await b.threads.record(thread_id)
+    return await b.threads.as_object(thread_id)
 
 
 @router.patch("/{thread_id}")
 async def patch(thread_id: str, body: ThreadPatch, request: Request):
-    return await backend(request).patch_thread(thread_id, body.metadata)
+    return await backend(request).threads.patch(thread_id, body.metadata)
 
 
 @router.delete("/{thread_id}", status_code=204)
 async def delete(thread_id: str, request: Request):
-    await backend(request).delete_thread(thread_id)
+    await backend(request).threads.delete(thread_id)
     return Response(status_code=204)
 
 
 @router.get("/{thread_id}/state")
 async def get_state(thread_id: str, request: Request, subgraphs: bool = False):
     b = backend(request)
-    return await b.thread_state(await b.thread_record(thread_id), subgraphs=subgraphs)
+    return await b.threads.state(await b.threads.record(thread_id), subgraphs=subgraphs)
 
 
 @router.post("/{thread_id}/state")
 async def update_state(thread_id: str, body: ThreadStateUpdate, request: Request):
     checkpoint = body.checkpoint or ({"checkpoint_id": body.checkpoint_id} if body.checkpoint_id else None)
-    return await backend(request).update_state(thread_id, body.values, body.as_node, checkpoint)
+    return await backend(request).threads.update_state(thread_id, body.values, body.as_node, checkpoint)
 
 
 @router.post("/{thread_id}/state/checkpoint")
 async def state_at_checkpoint(thread_id: str, body: ThreadStateCheckpoint, request: Request):
     b = backend(request)
-    return await b.thread_state(await b.thread_record(thread_id), subgraphs=body.subgraphs, checkpoint=body.checkpoint)
+    return await b.threads.state(await b.threads.record(thread_id), subgraphs=body.subgraphs, checkpoint=body.checkpoint)
 
 
 @router.get("/{thread_id}/state/{checkpoint_id}")
 async def state_at(thread_id: str, checkpoint_id: str, request: Request, subgraphs: bool = False):
     b = backend(request)
-    record = await b.thread_record(thread_id)
-    return await b.thread_state(record, subgraphs=subgraphs, checkpoint={"checkpoint_id": checkpoint_id})
+    record = await b.threads.record(thread_id)
+    return await b.threads.state(record, subgraphs=subgraphs, checkpoint={"checkpoint_id": checkpoint_id})
 
 
 @router.post("/{thread_id}/history")
 async def history(thread_id: str, body: ThreadHistory, request: Request):
-    return await backend(request).history(
+    return await backend(request).threads.history(
         thread_id, limit=body.limit, before=body.before, metadata=body.metadata, checkpoint=body.checkpoint
     )
 
 
 @router.get("/{thread_id}/history")
 async def history_get(thread_id: str, request: Request, limit: int = 10, before: str | None = None):
-    return await backend(request).history(thread_id, limit=limit, before=before, metadata=None, checkpoint=None)
+    return await backend(request).threads.history(thread_id, limit=limit, before=before, metadata=None, checkpoint=None)
 
 
 @router.post("/{thread_id}/copy")
 async def copy(thread_id: str, request: Request):
-    return await backend(request).copy_thread(thread_id)
+    return await backend(request).threads.copy(thread_id)
 
 
 @router.get("/{thread_id}/stream")
@@ -117,7 +110,7 @@ async def join_stream(
     last_event_id: str | None = Header(None),
 ):
     b = backend(request)
-    await b.thread_record(thread_id)
+    await b.threads.record(thread_id)
     modes = streams.parse_modes(stream_mode) or {"run_modes"}
     if unknown := modes - streams.THREAD_MODES:
         raise HTTPException(422, f"Unknown thread stream_mode {sorted(unknown)}; use {sorted(streams.THREAD_MODES)}")
@@ -146,7 +139,7 @@ async def join_stream(
                 backlog_until=backlog_until,
                 modes=modes,
                 heartbeat_s=b.settings.stream_heartbeat_s,
-                thread_values=lambda: b.values_of(thread_id),
+                thread_values=lambda: b.threads.values(thread_id),
             ):
                 yield piece
         finally:

@@ -68,7 +68,7 @@ class WebhookSender:
             url = record.requested.kwargs.webhook
             body = {
                 **views.run_object(record, runs.status_of(run_id) or "success"),
-                "values": await self.backend.result_values(thread_id, outcome),
+                "values": await self.backend.runs.result_values(thread_id, outcome),
                 "webhook_sent_at": contracts.now().isoformat(),
             }
             attempt = msg.metadata.num_delivered

@@ -34,6 +34,8 @@ from services.orchestrator.decider import next_decision
 from threadbus.thread_state import ThreadState, evolve, fold
 from services.orchestrator.leases import Leases
 from threadbus import broker, logs, metrics, thread_events
+from threadbus.read_model.database import Database
+from threadbus.read_model.projector import Projector
 from threadbus.settings import Settings
 from threadbus.threadlog import Conflict, ThreadLog
 
@@ -58,6 +60,9 @@ class Orchestrator:
         # renewal of the other leases.
         self.holding: dict[int, asyncio.Task] = {}
         self.consuming: set[int] = set()  # partitions subscribed to
+        # partition -> the task projecting it into the read model (the holder of a partition's
+        # lease decides for its threads and projects them).
+        self.projecting: dict[int, asyncio.Task] = {}
         self.received: defaultdict[int, int] = defaultdict(int)  # partition -> events pushed to us
         # Bumped whenever partitions change hands: a state folded before may have missed events
         # another orchestrator appended, and must not be cached.
@@ -68,6 +73,16 @@ class Orchestrator:
         metrics.DEEPEST_QUEUE.set_function(lambda: max((len(s.queue) for s in self.states.values()), default=0))
 
     async def run(self, stop: asyncio.Event) -> None:
+        if not self.settings.database_url:
+            raise RuntimeError("THREADBUS_DATABASE_URL is not set: the orchestrator projects the thread log into the read model")
+        self.db = Database(self.settings.database_url)
+        await self.db.open()
+        try:
+            await self._run(stop)
+        finally:
+            await self.db.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
         leases = Leases(await js.key_value(broker.LEASES_BUCKET), self.name)
         self.replicated = (await js.stream_info(subjects.THREAD_STREAM)).config.num_replicas > 1
@@ -101,6 +116,9 @@ class Orchestrator:
         wanted = await leases.fair_share()
         for partition in await leases.acquire(wanted):
             self.holding[partition] = asyncio.create_task(self._hold(partition), name=f"partition-{partition}")
+            self.projecting[partition] = asyncio.create_task(
+                Projector(self.nc, self.db, partition).run(), name=f"projector-{partition}"
+            )
         for partition in leases.surplus(wanted):
             await self._stop_consuming(partition)
             await leases.release(partition)
@@ -173,11 +191,12 @@ class Orchestrator:
         return sub
 
     async def _stop_consuming(self, partition: int) -> None:
-        task = self.holding.pop(partition, None)
-        if task is None:
+        tasks = [t for t in (self.holding.pop(partition, None), self.projecting.pop(partition, None)) if t is not None]
+        if not tasks:
             return
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._forget_states()
 
     def _forget_states(self) -> None:

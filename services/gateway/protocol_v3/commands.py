@@ -20,7 +20,6 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.gateway import views
 from services.gateway.models import CommandBody, RunCreate
 from services.gateway.protocol_v3 import events
 from threadbus import logs
@@ -98,7 +97,7 @@ class Commands:
         config = _object(params, "config")
         graph_input = params.get("input")
         command = None
-        if graph_input is not None and (await views.thread_runs(self.backend.log, thread_id)).state.paused:
+        if graph_input is not None and await self._paused(thread_id):
             # Input for a thread paused in an interrupt answers the interrupt.
             command, graph_input = CommandBody(resume=graph_input), None
         body = self._body(
@@ -118,13 +117,12 @@ class Commands:
             if not isinstance(item.get("interrupt_id"), str):
                 raise CommandError("invalid_argument", "input.respond needs an interrupt_id")
         try:
-            record = await self.backend.thread_record(thread_id)
+            record = await self.backend.threads.record(thread_id)
         except HTTPException:
             raise CommandError("no_such_run", f"thread {thread_id} has no run") from None
-        runs = await views.thread_runs(self.backend.log, thread_id)
-        if not runs.state.paused:
+        if not await self._paused(thread_id):
             raise CommandError("no_such_run", "no run of this thread is waiting for input")
-        state = await self.backend.thread_state(record)
+        state = await self.backend.threads.state(record)
         pending = {i.get("id") for task in state.get("tasks") or [] for i in task.get("interrupts") or []}
         for item in responses:
             if item["interrupt_id"] not in pending:
@@ -136,14 +134,24 @@ class Commands:
         return {}
 
     async def get_tree(self, thread_id: str, params: dict[str, Any]) -> dict[str, Any]:
-        runs = await views.thread_runs(self.backend.log, thread_id)
         wanted = params.get("run_id")
-        records = [r for rid, r in runs.runs.items() if rid in runs.state.statuses and wanted in (None, rid)]
-        if not records:
+        try:
+            record = await self.backend.threads.record(thread_id)
+        except HTTPException:
+            record = None
+        if wanted is not None:
+            run = await self.backend.reads.run(thread_id, str(wanted)) if record else None
+        else:
+            newest = await self.backend.reads.runs(thread_id, limit=1) if record else []
+            run = newest[0] if newest else None
+        if run is None:
             raise CommandError("no_such_run", "the thread has no run yet" if wanted is None else f"no run {wanted!r}")
-        newest = records[-1].requested
-        status = _AGENT_STATUS.get(runs.state.statuses[newest.run_id], "failed")
-        return {"tree": {"namespace": [], "status": status, "graph_name": newest.graph_id}}
+        status = _AGENT_STATUS.get(run.status, "failed")
+        return {"tree": {"namespace": [], "status": status, "graph_name": (record.get("metadata") or {}).get("graph_id")}}
+
+    async def _paused(self, thread_id: str) -> bool:
+        view = await self.backend.reads.thread(thread_id)
+        return view.row is not None and view.row.fold.paused
 
     def _body(self, params: dict[str, Any], **fields: Any) -> RunCreate:
         strategy = params.get("multitaskStrategy", params.get("multitask_strategy"))
@@ -153,10 +161,10 @@ class Commands:
             raise CommandError("invalid_argument", str(err)) from None
 
     async def _submit(self, thread_id: str, body: RunCreate) -> str:
-        request = await self.backend.prepare_run(thread_id, body)
+        request = await self.backend.runs.prepare(thread_id, body)
         request.kwargs.thread_stream = True
-        async with self.backend.run_events(thread_id, request.run_id) as control:
-            await self.backend.submit(request, control)
+        async with self.backend.runs.events(thread_id, request.run_id) as control:
+            await self.backend.runs.submit(request, control)
         log.info("run started by thread protocol", thread_id=thread_id, run_id=request.run_id)
         return request.run_id
 

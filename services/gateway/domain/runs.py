@@ -1,0 +1,179 @@
+"""Runs: they exist only as events in the thread log. A run is created by appending
+``RunRequested`` and waiting for the orchestrator's ``RunAccepted`` or ``RunRejected``; its end is
+observed on the same subjects."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import HTTPException
+
+import contracts
+from contracts import subjects
+from services.gateway import views
+from services.gateway.domain import records
+from services.gateway.domain.assistants import Assistants
+from services.gateway.domain.threads import Threads
+from services.gateway.models import RunCreate, ThreadCreate
+from threadbus import logs
+from threadbus.read_model import projection, rows
+from threadbus.read_model.reads import Reads
+from threadbus.settings import Settings
+from threadbus.threadlog import ThreadLog
+
+log = logs.get("threadbus.gateway")
+
+IN_FLIGHT = ("pending", "running")
+
+
+class Runs:
+    def __init__(self, log: ThreadLog, settings: Settings, assistants: Assistants, threads: Threads, reads: Reads):
+        self.log = log
+        self.settings = settings
+        self.assistants = assistants
+        self.threads = threads
+        self.reads = reads
+
+    @asynccontextmanager
+    async def events(self, thread_id: str, run_id: str) -> AsyncIterator[AsyncIterator[contracts.Event]]:
+        async with self.log.follow(subjects.run_control(thread_id, run_id)) as entries:
+
+            async def events():
+                async for entry in entries:
+                    yield entry.event()
+
+            yield events()
+
+    async def prepare(
+        self, thread_id: str, body: RunCreate, *, temporary: bool = False, run_id: str | None = None
+    ) -> contracts.RunRequested:
+        if body.webhook and not body.webhook.startswith(("http://", "https://")):
+            raise HTTPException(422, f"webhook must be an http(s) URL, got {body.webhook!r}")
+        assistant = await self.assistants.for_run(body.assistant_id)
+        if not temporary:
+            try:
+                await self.threads.record(thread_id)
+            except HTTPException as err:
+                if err.status_code != 404:
+                    raise
+                if body.if_not_exists != "create":
+                    raise HTTPException(404, "Thread or assistant not found.") from None
+                await self.threads.create(ThreadCreate(thread_id=thread_id, if_exists="do_nothing"))
+            await self.threads.remember_graph(thread_id, assistant)
+        stream_mode = body.stream_mode or ["values"]
+        config = records.merge_config(assistant.get("config"), body.config)
+        return contracts.RunRequested(
+            thread_id=thread_id,
+            run_id=run_id or str(uuid.uuid4()),
+            assistant_id=assistant["assistant_id"],
+            graph_id=assistant["graph_id"],
+            multitask_strategy=body.multitask_strategy or "enqueue",
+            metadata={**(assistant.get("metadata") or {}), **(body.metadata or {}), "assistant_id": assistant["assistant_id"]},
+            kwargs=contracts.RunKwargs(
+                input=body.input,
+                command=body.command.model_dump(exclude_none=True) if body.command else None,
+                config=config,
+                context={**(assistant.get("context") or {}), **(body.context or {})},
+                stream_mode=[stream_mode] if isinstance(stream_mode, str) else list(stream_mode),
+                interrupt_before=body.interrupt_before or config.get("interrupt_before"),
+                interrupt_after=body.interrupt_after or config.get("interrupt_after"),
+                checkpoint_id=body.checkpoint_id,
+                checkpoint=body.checkpoint,
+                webhook=body.webhook,
+                subgraphs=body.stream_subgraphs,
+                resumable=body.stream_resumable,
+                temporary=temporary,
+            ),
+        )
+
+    async def submit(self, request: contracts.RunRequested, events: AsyncIterator[contracts.Event]) -> dict[str, Any]:
+        """Append the request and wait for the orchestrator's decision; 409 when it rejects."""
+        await self.log.append_event(request)
+        try:
+            async with asyncio.timeout(self.settings.decision_timeout_s):
+                async for event in events:
+                    if isinstance(event, contracts.RunRejected):
+                        log.info("run rejected", thread_id=request.thread_id, run_id=request.run_id, reason=event.reason)
+                        raise HTTPException(400 if event.reason == "not_paused" else 409, event.detail)
+                    if isinstance(event, contracts.RunAccepted):
+                        break
+        except TimeoutError:
+            # The request is in the log and will be decided; answer with what is known.
+            log.warning("no decision in time", thread_id=request.thread_id, run_id=request.run_id)
+        log.info("run accepted", thread_id=request.thread_id, run_id=request.run_id, strategy=request.multitask_strategy)
+        return rows.run_object(projection.run_row(request, "pending", request.at))
+
+    async def result_values(self, thread_id: str, outcome: contracts.Event) -> Any:
+        """What ``wait`` and ``join`` return: the final values, with ``__interrupt__`` or ``__error__``."""
+        match outcome:
+            case contracts.RunSucceeded(values=values):
+                return values
+            case contracts.RunInterrupted(values=values, interrupts=interrupts):
+                flat = [i for group in interrupts.values() for i in group]
+                if not flat:  # paused by interrupt_before/after: no interrupt values to show
+                    return values
+                return {**(values if isinstance(values, dict) else {}), "__interrupt__": flat}
+            case contracts.RunFailed(error=error, message=message):
+                return {"__error__": {"error": error, "message": message}}
+        return await self.threads.values(thread_id)
+
+    async def request_cancel(self, thread_id: str, run_id: str, action: str) -> None:
+        await self.log.append_event(contracts.RunCancelRequested(thread_id=thread_id, run_id=run_id, action=action))
+        log.info("run cancel requested", thread_id=thread_id, run_id=run_id, action=action)
+
+    async def find(self, thread_id: str, run_id: str) -> dict[str, Any]:
+        await self.threads.record(thread_id)
+        records.check_uuid(run_id, "run")
+        run = await self.reads.run(thread_id, run_id)
+        if run is None:
+            raise HTTPException(404, "Run not found")
+        return rows.run_object(run)
+
+    async def list(self, thread_id: str, *, limit: int, offset: int, status: str | None, select: list[str] | None) -> list[dict]:
+        await self.threads.record(thread_id)
+        runs = [rows.run_object(r) for r in await self.reads.runs(thread_id, limit=limit, offset=offset, status=status)]
+        if select:
+            runs = [{k: r.get(k) for k in select} for r in runs]
+        return runs
+
+    async def cancel(self, thread_id: str, run_id: str, action: str, wait: bool) -> None:
+        run = await self.find(thread_id, run_id)
+        if run["status"] not in IN_FLIGHT:
+            raise HTTPException(
+                404,
+                "No matching runs to cancel. Please verify the thread ID and run IDs are correct,"
+                f" and the runs haven't been deleted or completed (run {run_id} is {run['status']}).",
+            )
+        async with self.events(thread_id, run_id) as events:
+            await self.request_cancel(thread_id, run_id, action)
+            if not wait:
+                return
+            await views.outcome(events)
+
+    async def cancel_many(self, thread_id: str | None, run_ids: Iterable[str] | None, status: str | None, action: str) -> None:
+        if thread_id is None:
+            raise HTTPException(422, "thread_id is required")
+        view = await self.reads.thread(thread_id)
+        if view.row is None:
+            return
+        fold = view.row.fold
+        in_flight = {rid: "pending" for rid in fold.queue}
+        if fold.running is not None and fold.stopping is None:
+            in_flight[fold.running] = "running"
+        wanted = IN_FLIGHT if status in (None, "all") else (status,)
+        for rid, run_status in in_flight.items():
+            if run_status in wanted and (run_ids is None or rid in run_ids):
+                await self.request_cancel(thread_id, rid, action)
+
+    async def delete(self, thread_id: str, run_id: str) -> None:
+        run = await self.find(thread_id, run_id)
+        if run["status"] in IN_FLIGHT:
+            raise HTTPException(409, f"Run {run_id} is {run['status']}; cancel it before deleting it")
+        # A tombstone, then its control events go; its checkpoints stay: they are part of the
+        # thread's state and history.
+        seq = await self.log.append_event(contracts.RunDeleted(thread_id=thread_id, run_id=run_id))
+        await self.log.purge(subjects.run_control(thread_id, run_id), below=seq)

@@ -1,0 +1,203 @@
+"""The projector: applies one partition of the thread log to the read model.
+
+It reads the partition's control events and checkpoint records in log order from the position
+stored in ``projection_positions``, and applies each batch in one transaction that also moves the
+position, so a batch is applied entirely or not at all, and never twice (the position is read
+under a row lock, and events at or below it are skipped: two projectors of one partition, say
+during a hand-over between orchestrators, serialise on that row and agree).
+
+The broker keeps nothing for it: the consumer is ephemeral, created from the stored position,
+without acknowledgements. When the database is away, the batch is kept and tried again; nothing
+more is fetched meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from psycopg.types.json import Jsonb
+
+import contracts
+from contracts import subjects
+from threadbus import broker, logs
+from threadbus.jsonable import jsonable
+from threadbus.read_model import projection, rows
+from threadbus.read_model.database import Database, DatabaseUnavailable
+from threadbus.threadlog import Entry
+
+log = logs.get("threadbus.projector")
+
+_BATCH = 512
+_IDLE_FETCH_S = 5.0
+_serde = JsonPlusSerializer()
+
+
+def partition_filters(partition: int) -> list[str]:
+    """What the read model is made of: the partition's control events and checkpoints (pending
+    writes are the executor's business until they are folded into the next checkpoint)."""
+    return [subjects.all_control(partition), subjects.partition_checkpoints(partition)]
+
+
+class Projector:
+    def __init__(self, nc: NATS, db: Database, partition: int):
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.db = db
+        self.partition = partition
+
+    async def run(self) -> None:
+        """Projects until cancelled."""
+        with structlog.contextvars.bound_contextvars(partition=self.partition):
+            position = await self._retrying(self._position)
+            while True:
+                sub = await self._subscribe(position)
+                try:
+                    position = await self._consume(sub, position)
+                except (nats.js.errors.NotFoundError, nats.errors.BadSubscriptionError):
+                    log.info("projection consumer gone; subscribing again", position=position)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+
+    async def _consume(self, sub, position: int) -> int:
+        while True:
+            try:
+                msgs = await sub.fetch(_BATCH, timeout=_IDLE_FETCH_S)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except broker.UNREACHABLE:
+                await asyncio.sleep(0.5)
+                continue
+            entries = [_entry(m) for m in msgs]
+            position = await self._retrying(lambda: self.apply(entries)) or position
+
+    async def _subscribe(self, position: int):
+        name = f"projector-p{self.partition}-{uuid.uuid4().hex[:8]}"
+        config = ConsumerConfig(
+            name=name,
+            filter_subjects=partition_filters(self.partition),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=position + 1,
+            ack_policy=AckPolicy.NONE,
+            # A projector that died leaves nothing behind for long.
+            inactive_threshold=60.0,
+            max_waiting=1,
+        )
+        while True:
+            try:
+                await self.js.add_consumer(subjects.THREAD_STREAM, config)
+                return await self.js.pull_subscribe_bind(consumer=name, stream=subjects.THREAD_STREAM)
+            except (*broker.UNREACHABLE, nats.js.errors.APIError) as err:
+                log.info("projection consumer not created yet; trying again", error=repr(err))
+                await asyncio.sleep(1.0)
+
+    async def _retrying(self, work):
+        delay = 0.1
+        while True:
+            try:
+                return await work()
+            except DatabaseUnavailable as err:
+                log.warning("read model database unavailable; projection paused", error=str(err)[:200], retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _position(self) -> int:
+        async with self.db.connection() as conn:
+            row = await (
+                await conn.execute("select position from projection_positions where partition = %s", (self.partition,))
+            ).fetchone()
+        return row["position"] if row else 0
+
+    async def apply(self, entries: list[Entry]) -> int | None:
+        """Applies the entries past the stored position in one transaction; returns the new
+        position (None when there was nothing to apply)."""
+        if not entries:
+            return None
+        async with self.db.connection() as conn, conn.transaction():
+            await conn.execute(
+                "insert into projection_positions (partition, position) values (%s, 0) on conflict do nothing", (self.partition,)
+            )
+            stored = await (
+                await conn.execute("select position from projection_positions where partition = %s for update", (self.partition,))
+            ).fetchone()
+            fresh = [e for e in entries if e.seq > stored["position"]]
+            if not fresh:
+                return stored["position"]
+            threads = await rows.load_threads(conn, {subjects.thread_of(e.subject) for e in fresh})
+            touched: dict[str, projection.ThreadRow | None] = {}
+            newest_values: dict[str, projection.CheckpointIndexed] = {}
+            async with conn.pipeline():
+                for entry in fresh:
+                    try:
+                        event = entry.event()
+                    except msgspec.DecodeError:
+                        log.warning("invalid event not projected", subject=entry.subject, seq=entry.seq)
+                        continue
+                    tid = event.thread_id
+                    row, changes = projection.project(threads.get(tid), event, entry.seq)
+                    threads[tid] = touched[tid] = row
+                    for change in changes:
+                        if isinstance(change, projection.ThreadRemoved):
+                            newest_values.pop(tid, None)
+                        elif isinstance(change, projection.CheckpointIndexed) and change.checkpoint_ns == "":
+                            newest_values[tid] = change
+                        await _write(conn, change)
+                for tid, row in touched.items():
+                    if row is None:
+                        continue
+                    if tid in newest_values:
+                        row.values = projection.state_values(_serde.loads_typed(_blob(newest_values[tid].checkpoint)))
+                    await rows.save_thread(conn, row, self.partition)
+                await conn.execute(
+                    "update projection_positions set position = %s where partition = %s", (fresh[-1].seq, self.partition)
+                )
+            return fresh[-1].seq
+
+
+async def _write(conn, change: projection.Change) -> None:
+    match change:
+        case projection.RunAdded(run=run):
+            await rows.insert_run(conn, run)
+        case projection.RunChanged(run_id=run_id, status=status, updated_at=at):
+            await conn.execute(
+                "update runs set status = coalesce(%s, status), updated_at = %s where run_id = %s", (status, at, run_id)
+            )
+        case projection.RunRemoved(run_id=run_id, with_checkpoints=with_checkpoints):
+            await conn.execute("delete from runs where run_id = %s", (run_id,))
+            if with_checkpoints:
+                await conn.execute("delete from checkpoints where run_id = %s", (run_id,))
+        case projection.CheckpointIndexed():
+            metadata = jsonable(_serde.loads_typed(_blob(change.metadata)))
+            await conn.execute(
+                "insert into checkpoints (thread_id, checkpoint_ns, checkpoint_id, run_id, parent_checkpoint_id, metadata, seq)"
+                " values (%s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+                (
+                    change.thread_id,
+                    change.checkpoint_ns,
+                    change.checkpoint_id,
+                    change.run_id,
+                    change.parent_checkpoint_id,
+                    Jsonb(metadata),
+                    change.seq,
+                ),
+            )
+        case projection.ThreadRemoved(thread_id=tid):
+            for table in ("threads", "runs", "checkpoints"):
+                await conn.execute(f"delete from {table} where thread_id = %s", (tid,))
+
+
+def _blob(blob: contracts.TypedBlob) -> tuple[str, bytes]:
+    return blob.type, blob.data
+
+
+def _entry(msg) -> Entry:
+    return Entry(seq=msg.metadata.sequence.stream, subject=msg.subject, data=msg.data, msg_id=None, time=msg.metadata.timestamp)
