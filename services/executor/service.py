@@ -262,12 +262,20 @@ class Executor:
     async def _run_graph(
         self, requested: contracts.RunRequested, started_seq: int, thread_events: ProtocolRunEvents, *, retry: bool
     ) -> contracts.Event:
+        config = run_config(requested)
+        store = self.store.for_run()
+        context = requested.kwargs.context or None
+        async with self.graphs.graph(requested.graph_id, config, store=store, context=context) as graph:
+            graph = graph.copy(update={"store": store})
+            return await self._run_built(graph, requested, config, started_seq, thread_events, retry=retry)
+
+    async def _run_built(
+        self, graph, requested: contracts.RunRequested, config: dict, started_seq: int, thread_events: ProtocolRunEvents, *, retry: bool
+    ) -> contracts.Event:
         thread_id, run_id = requested.thread_id, requested.run_id
         kwargs = requested.kwargs
-        config = run_config(requested)
-        graph = await self.graphs.build(requested.graph_id, config)
         saver = self.saver.bound(RunGuard(thread_id=thread_id, run_id=run_id, started_seq=started_seq))
-        graph = graph.copy(update={"checkpointer": saver, "store": self.store.for_run()})
+        graph = graph.copy(update={"checkpointer": saver})
         graph_input: Any = command_from(kwargs.command) if kwargs.command else kwargs.input
         if retry and await self._has_checkpoint_of(thread_id, run_id):
             # An earlier delivery got some steps done: continue from its last checkpoint.

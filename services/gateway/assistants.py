@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, Request, Response
 from langgraph.pregel import Pregel
 from pydantic import TypeAdapter
@@ -72,23 +75,25 @@ async def delete(assistant_id: str, request: Request):
     return Response(status_code=204)
 
 
-async def _graph(assistant_id: str, request: Request) -> tuple[dict, Pregel]:
+@contextlib.asynccontextmanager
+async def _graph(assistant_id: str, request: Request) -> AsyncIterator[tuple[dict, Pregel]]:
     b = backend(request)
     assistant = await b.assistants.get(assistant_id)
-    return assistant, await b.assistants.graph_for(assistant)
+    async with b.assistants.graph_for(assistant, store=b.store) as g:
+        yield assistant, g
 
 
 @router.get("/{assistant_id}/graph")
 async def graph(assistant_id: str, request: Request, xray: int | bool = False):
-    _, g = await _graph(assistant_id, request)
-    drawable = await g.aget_graph(xray=xray)
+    async with _graph(assistant_id, request) as (_, g):
+        drawable = await g.aget_graph(xray=xray)
     return drawable.to_json()
 
 
 @router.get("/{assistant_id}/schemas")
 async def schemas(assistant_id: str, request: Request):
-    assistant, g = await _graph(assistant_id, request)
-    return {"graph_id": assistant["graph_id"], **graph_schemas(g)}
+    async with _graph(assistant_id, request) as (assistant, g):
+        return {"graph_id": assistant["graph_id"], **graph_schemas(g)}
 
 
 def graph_schemas(g: Pregel) -> dict:
@@ -109,8 +114,8 @@ def graph_schemas(g: Pregel) -> dict:
 
 @router.get("/{assistant_id}/subgraphs")
 async def subgraphs(assistant_id: str, request: Request, recurse: bool = False):
-    _, g = await _graph(assistant_id, request)
     result = {}
-    async for ns, sub in g.aget_subgraphs(recurse=recurse):
-        result[ns] = graph_schemas(sub)
+    async with _graph(assistant_id, request) as (_, g):
+        async for ns, sub in g.aget_subgraphs(recurse=recurse):
+            result[ns] = graph_schemas(sub)
     return result

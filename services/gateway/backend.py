@@ -36,9 +36,10 @@ class Backend:
             self.graphs, await self.js.key_value(broker.ASSISTANTS_BUCKET), await self.js.key_value(broker.ASSISTANT_VERSIONS_BUCKET)
         )
         self.reads = Reads(self.db, self.log, catch_up_timeout_s=self.settings.decision_timeout_s)
-        self.threads = Threads(self.log, self.saver, self.graphs, await self.js.key_value(broker.THREADS_BUCKET), self.reads)
-        self.runs = Runs(self.log, self.settings, self.assistants, self.threads, self.reads)
         self.store = await open_store(self.js, self.graphs.raw)
+        threads_kv = await self.js.key_value(broker.THREADS_BUCKET)
+        self.threads = Threads(self.log, self.saver, self.graphs, threads_kv, self.reads, store=self.store)
+        self.runs = Runs(self.log, self.settings, self.assistants, self.threads, self.reads)
         await self.assistants.register_graphs()
 
     async def stop(self) -> None:
