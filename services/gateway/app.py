@@ -75,6 +75,8 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
 
     authenticator = Authenticator(settings.api_keys, _custom_auth(graphs))
     app.state.authenticator = authenticator  # the v3 protocol's WebSocket authenticates itself
+    # Set when the gateway is told to stop: thread streams, which never end on their own, end then.
+    app.state.closing = asyncio.Event()
     metrics.add_routes(app, connected, guard=authenticator)
 
     @app.get("/info", dependencies=[Depends(authenticator)])

@@ -121,6 +121,27 @@ async def follow(js, thread_id: str, since: int | None, stack: AsyncExitStack) -
     return queue
 
 
+async def next_batch(queue: asyncio.Queue[StoredEvent], closing: asyncio.Event, timeout: float) -> list[StoredEvent] | None:
+    """The events waiting (at least one), [] when none came within ``timeout``, None once ``closing`` is set."""
+    if closing.is_set():
+        return None
+    if queue.empty():
+        getting = asyncio.ensure_future(queue.get())
+        stopping = asyncio.ensure_future(closing.wait())
+        try:
+            await asyncio.wait({getting, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not getting.done():
+                getting.cancel()
+        if closing.is_set() and not getting.done():
+            return None
+        if not getting.done() or getting.cancelled():
+            return []
+        return drain(queue, getting.result())
+    return drain(queue, queue.get_nowait())
+
+
 def drain(queue: asyncio.Queue[StoredEvent], first: StoredEvent) -> list[StoredEvent]:
     """``first`` and every event already waiting behind it, to be written in one piece."""
     batch = [first]

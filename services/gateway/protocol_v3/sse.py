@@ -50,19 +50,18 @@ async def stream_events(thread_id: str, request: Request) -> Response:
     except BaseException:
         await stack.aclose()
         raise
-    body_iter = _relay(queue, wanted, backend.settings.stream_heartbeat_s, stack)
+    body_iter = _relay(queue, wanted, backend.settings.stream_heartbeat_s, request.app.state.closing, stack)
     return StreamingResponse(body_iter, media_type="text/event-stream", headers=HEADERS)
 
 
-async def _relay(queue, wanted: filters.Filter, heartbeat_s: float, stack: AsyncExitStack):
+async def _relay(queue, wanted: filters.Filter, heartbeat_s: float, closing: asyncio.Event, stack: AsyncExitStack):
+    """Until the client goes away, or the gateway stops (the client reconnects elsewhere with ``since``)."""
     try:
-        while True:
-            try:
-                first = await asyncio.wait_for(queue.get(), heartbeat_s)
-            except TimeoutError:
+        while (batch := await events.next_batch(queue, closing, heartbeat_s)) is not None:
+            if not batch:
                 yield b": heartbeat\n\n"
                 continue
-            frames = [e.sse() for e in events.drain(queue, first) if wanted.matches(e.method, e.namespace, e.custom_name)]
+            frames = [e.sse() for e in batch if wanted.matches(e.method, e.namespace, e.custom_name)]
             if frames:
                 yield b"".join(frames)
     finally:
