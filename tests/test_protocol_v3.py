@@ -315,3 +315,34 @@ async def test_a_websocket_delivers_each_event_once_across_subscriptions(client,
     assert len({e["seq"] for e in events}) == len(events)
     assert {e["method"] for e in events} == {"values", "lifecycle", "custom"}
     assert replies[0]["result"]["replayed_events"] + replies[1]["result"]["replayed_events"] == len(events)
+
+
+# -- runs of the protocol are ordinary runs, and the other way round -------------------------
+
+
+async def test_double_texting_with_the_js_clients_multitask_strategy(client, server):
+    async with client.threads.stream(assistant_id="v3_agent") as thread:
+        first = await thread.run.start(input=HI, config={"configurable": {"token_delay": 0.1, "tokens": 100}})
+        with pytest.raises(RuntimeError, match="invalid_argument"):
+            await thread._send_command("run.start", {"assistant_id": "v3_agent", "input": HI, "multitaskStrategy": "reject"})
+        second = await thread._send_command(
+            "run.start", {"assistant_id": "v3_agent", "input": HI, "config": STRAIGHT_THROUGH, "multitaskStrategy": "interrupt"}
+        )
+        async with asyncio.timeout(30):
+            while (await client.runs.get(thread.thread_id, second["run_id"]))["status"] != "success":
+                await asyncio.sleep(0.1)
+    statuses = {r["run_id"]: r["status"] for r in await client.runs.list(thread.thread_id)}
+    assert statuses == {first["run_id"]: "interrupted", second["run_id"]: "success"}
+
+
+async def test_a_classic_run_is_seen_on_the_thread_stream(client, server):
+    thread = await client.threads.create()
+    await client.runs.wait(thread["thread_id"], "v3_agent", input=HI, config=STRAIGHT_THROUGH)
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        transport = ProtocolSseTransport(client=http, thread_id=thread["thread_id"])
+        events = await _read(transport, {"channels": ["lifecycle", "values", "messages"]}, until_root_end=True)
+        await transport.close()
+    # Its events stream to its SSE response; the thread stream has its lifecycle.
+    assert [e["params"]["data"]["event"] for e in events] == ["running", "completed"]
+    async with client.threads.stream(thread["thread_id"], assistant_id="v3_agent") as stream:
+        assert (await stream.output)["note"] == "ran"

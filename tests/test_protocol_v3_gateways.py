@@ -8,6 +8,7 @@ deployment through a load balancer.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
@@ -97,3 +98,40 @@ async def test_a_stream_survives_its_gateway_being_killed_and_sees_runs_of_other
     finally:
         first.kill()
         second.stop()
+
+
+async def test_a_cursor_older_than_the_retention_gets_resume_gap(tmp_path):
+    from websockets.asyncio.client import connect
+
+    proc = ThreadbusProcess(
+        ["dev", "--data-dir", str(tmp_path / "data"), "--config", str(TEST_GRAPHS)],
+        log_path=tmp_path / "threadbus.log",
+        env={"THREADBUS_STREAM_MAX_AGE_S": "1"},
+    )
+    await asyncio.to_thread(proc.start)
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as http:
+            client = LangGraphClient(http)
+            async with client.threads.stream(assistant_id="v3_agent") as thread:
+                await thread.run.start(input=HI, config={"configurable": {"no_pause": True}})
+                await thread.output
+            transport = ProtocolSseTransport(client=http, thread_id=thread.thread_id)
+            old = await _read_until(transport, {"channels": ["lifecycle"]}, lambda e: e["params"]["data"]["event"] == "completed")
+            await asyncio.sleep(2.5)  # the first run's events expire
+            async with client.threads.stream(thread.thread_id, assistant_id="v3_agent") as again:
+                await again.run.start(input=HI, config={"configurable": {"no_pause": True}})
+                await again.output
+            newest = await _read_until(transport, {"channels": ["lifecycle"]}, lambda e: True)
+            assert newest[0]["seq"] > old[-1]["seq"]
+            gap = await _read_until(transport, {"channels": ["lifecycle"], "since": old[0]["seq"]}, lambda e: True)
+            await transport.close()
+        assert gap[0]["type"] == "error" and gap[0]["error"] == "resume_gap"
+        assert gap[0]["min_available_seq"] == newest[0]["seq"]
+        url = proc.url.replace("http", "ws") + f"/threads/{thread.thread_id}/stream/events"
+        async with connect(url) as socket:
+            command = {"id": 3, "method": "subscription.reconnect", "params": {"channels": ["lifecycle"], "since": old[0]["seq"]}}
+            await socket.send(json.dumps(command))
+            reply = json.loads(await socket.recv())
+        assert reply["error"] == "resume_gap" and reply["min_available_seq"] == newest[0]["seq"]
+    finally:
+        await asyncio.to_thread(proc.stop)
