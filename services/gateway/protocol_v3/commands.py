@@ -32,6 +32,8 @@ _AGENT_STATUS = {"pending": "started", "running": "running", "success": "complet
                  "timeout": "failed", "interrupted": "interrupted"}
 # Subscriptions belong to a connection: a WebSocket has them, a stateless HTTP command cannot.
 SUBSCRIPTION_METHODS = frozenset({"subscription.subscribe", "subscription.unsubscribe", "subscription.reconnect"})
+# Commands of the protocol that threadbus does not serve yet (README, "Not built yet").
+NOT_BUILT = frozenset({"input.inject", "state.get", "state.listCheckpoints", "state.fork"})
 
 
 class CommandError(Exception):
@@ -74,6 +76,8 @@ class Commands:
     async def execute(self, thread_id: str, command_id: int, method: str, params: Any) -> dict[str, Any]:
         handler = {"run.start": self.run_start, "input.respond": self.input_respond, "agent.getTree": self.get_tree}.get(method)
         if handler is None:
+            if method in NOT_BUILT:
+                return error(command_id, "not_supported", f"{method} is not built yet")
             if method in SUBSCRIPTION_METHODS:
                 return error(command_id, "not_supported", f"{method} is a WebSocket command; over HTTP, open POST /threads/{{id}}/stream/events")
             return error(command_id, "unknown_command", f"unknown method {method!r}")
