@@ -346,3 +346,12 @@ async def test_a_classic_run_is_seen_on_the_thread_stream(client, server):
     assert [e["params"]["data"]["event"] for e in events] == ["running", "completed"]
     async with client.threads.stream(thread["thread_id"], assistant_id="v3_agent") as stream:
         assert (await stream.output)["note"] == "ran"
+
+
+async def test_a_failing_graph_ends_the_stream_with_failed(client):
+    async with client.threads.stream(assistant_id="failing") as thread:
+        await thread.run.start(input=HI)
+        with pytest.raises(RuntimeError, match="Run errored"):
+            await thread.output
+        run = (await client.runs.list(thread.thread_id))[0]
+    assert run["status"] == "error"

@@ -21,7 +21,6 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langgraph.stream import CustomTransformer
 
 import contracts
-from threadbus.jsonable import jsonable
 from threadbus.thread_events import CANCELLED, ThreadEventWriter
 
 
@@ -81,22 +80,19 @@ def _forwarded(event: dict) -> tuple[str, list[str], Any, int] | None:
     params = event["params"]
     namespace = params.get("namespace") or []
     data = params.get("data")
+    # Data is serialized once, when it is published (threadbus.jsonable handles what JSON lacks).
     if method == "messages":
         # LangGraph's v3 messages are (protocol event, metadata); a bare message object is a
         # whole-message replay of something already streamed, or never streamed.
-        first = data[0] if isinstance(data, (list, tuple)) and data else None
-        if not isinstance(first, dict) or "event" not in first:
+        data = data[0] if isinstance(data, (list, tuple)) and data else None
+        if not isinstance(data, dict) or "event" not in data:
             return None
-        data = jsonable(first)
-    elif method == "lifecycle":
-        data = jsonable(data)
+    elif method == "lifecycle" and isinstance(data, dict):
         namespace = data.get("namespace") or namespace
     elif method == "values":
         data = short_form(data)
         if isinstance(data, dict):
             data.pop("__interrupt__", None)
-    else:
-        data = jsonable(data)
     return method, list(namespace), data, params.get("timestamp")
 
 
@@ -109,20 +105,20 @@ def short_form(value: Any) -> Any:
         return {k: short_form(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [short_form(v) for v in value]
-    return jsonable(value)
+    return value  # serialized when published
 
 
 def _message(message: BaseMessage) -> dict[str, Any]:
     content = message.content
     if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
         content = "".join(b.get("text", "") for b in content)
-    out: dict[str, Any] = {"type": message.type, "content": jsonable(content), "id": message.id}
+    out: dict[str, Any] = {"type": message.type, "content": content, "id": message.id}
     if message.name:
         out["name"] = message.name
     if isinstance(message, AIMessage) and message.tool_calls:
         out["tool_calls"] = [
-            {"type": "tool_call", "name": c["name"], "args": jsonable(c["args"]), "id": c.get("id")} for c in message.tool_calls
+            {"type": "tool_call", "name": c["name"], "args": c["args"], "id": c.get("id")} for c in message.tool_calls
         ]
     if isinstance(message, ToolMessage):
-        out.update(tool_call_id=message.tool_call_id, status=message.status, artifact=jsonable(message.artifact))
+        out.update(tool_call_id=message.tool_call_id, status=message.status, artifact=message.artifact)
     return out

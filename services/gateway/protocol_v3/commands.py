@@ -92,6 +92,9 @@ class Commands:
             # What the classic path refuses (unknown assistant, a busy thread with "reject", a bad id).
             code = "unknown_error" if err.status_code >= 500 else "invalid_argument"
             return error(command_id, code, str(err.detail))
+        except Exception as err:  # the envelope still answers; the log has the cause
+            log.exception("command failed", thread_id=thread_id, method=method)
+            return error(command_id, "unknown_error", f"{type(err).__name__}: {err}")
         return success(command_id, result, applied)
 
     async def run_start(self, thread_id: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ below the prefix an event may be.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +38,15 @@ class Filter:
         return params
 
     def matches(self, method: str, namespace: list[str], custom_name: Any = None) -> bool:
-        data = {"name": custom_name} if custom_name else {}
-        event = {"method": method, "params": {"namespace": namespace, "data": data}}
-        return matches_subscription(event, self.params)
+        return _matches(self, method, tuple(namespace), custom_name if isinstance(custom_name, str) else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _matches(wanted: Filter, method: str, namespace: tuple[str, ...], custom_name: str | None) -> bool:
+    # A stream's events have few distinct (method, namespace, name) keys: each is decided once.
+    data = {"name": custom_name} if custom_name else {}
+    event = {"method": method, "params": {"namespace": list(namespace), "data": data}}
+    return matches_subscription(event, wanted.params)
 
 
 def parse(body: Any) -> Filter:
