@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install dev test bench clean
 
+# PYTHONWARNINGS: setuptools' note on every editable install ("Editable installation. Please be
+# careful ...") says nothing is wrong, and a first install should print nothing that is not a problem.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,6 +27,7 @@ bench: install
 	$(BIN)/python bench/runs.py $(if $(REFERENCE),--reference $(REFERENCE))
 	$(BIN)/python bench/double_texting.py
 	$(BIN)/python bench/streaming.py
+	$(BIN)/python bench/history.py $(if $(REFERENCE),--reference $(REFERENCE))
 
 clean:
 	rm -rf $(VENV) .threadbus .pytest_cache

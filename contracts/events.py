@@ -59,8 +59,9 @@ MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
 CancelAction = Literal["interrupt", "rollback"]
 # busy: reject strategy and the thread has an in-flight run; paused: new input on a thread paused
 # in a human-in-the-loop interrupt while the policy refuses it; not_paused: a resume Command for a
-# thread that has no pause to resume.
-RejectReason = Literal["busy", "paused", "not_paused"]
+# thread that has no pause to resume; unknown_assistant, unknown_thread: the request names an
+# assistant or a thread that does not exist (a request published on the bus, not checked by a gateway).
+RejectReason = Literal["busy", "paused", "not_paused", "unknown_assistant", "unknown_thread"]
 
 
 def now() -> datetime:
@@ -71,6 +72,29 @@ class Event(msgspec.Struct, kw_only=True, tag_field="type"):
     v: int = 1
     thread_id: str
     at: datetime = msgspec.field(default_factory=now)
+
+    # For pydantic (FastStream validates handler arguments with it and generates AsyncAPI from
+    # it): decoded by msgspec, as the services decode, and described by the event's published JSON
+    # Schema, inlined, so that a generated document says what contracts/schema/ says.
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source, handler):
+        from pydantic_core import core_schema
+
+        def validate(value):
+            if isinstance(value, cls):
+                return value
+            try:
+                return msgspec.convert(value, cls, strict=False)
+            except msgspec.ValidationError as err:
+                raise ValueError(str(err)) from None
+
+        return core_schema.no_info_plain_validator_function(validate)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema, handler):
+        from contracts.export import inline_schema
+
+        return inline_schema(cls)
 
 
 class RunKwargs(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -171,8 +195,8 @@ class RunRolledBack(Event, tag=True, kw_only=True):
 
 
 class RunDeleted(Event, tag=True, kw_only=True):
-    """Tombstone: a finished run was deleted (``DELETE /threads/{t}/runs/{r}``); its control events
-    were purged, its checkpoints stay part of the thread's history."""
+    """A finished run was deleted (``DELETE /threads/{t}/runs/{r}``): it is no longer listed. Its
+    events stay in the log and its checkpoints in the thread's history."""
 
     run_id: str
 

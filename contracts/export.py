@@ -1,5 +1,6 @@
-"""Writes the published contracts: the JSON Schema of every event to ``contracts/schema/`` and
-the AsyncAPI document ``contracts/asyncapi.json`` (subjects, streams, headers, payloads).
+"""Writes the published contracts: the JSON Schema of every event to ``contracts/schema/``, the
+AsyncAPI document ``contracts/asyncapi.json`` (subjects, streams, headers, payloads) and the one
+FastStream generates for the integration surface, ``contracts/integrations.asyncapi.json``.
 
     python -m contracts.export          # rewrite the files
     python -m contracts.export --check  # exit 1 if they are stale (the test suite does this)
@@ -23,6 +24,7 @@ from contracts.subjects import EVENT_TOKENS
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 ASYNCAPI = Path(__file__).resolve().parent / "asyncapi.json"
+INTEGRATIONS_ASYNCAPI = Path(__file__).resolve().parent / "integrations.asyncapi.json"
 
 # Who publishes what: commands come from the gateway or any other service; decisions from
 # the orchestrator; outcomes, checkpoints and stream chunks from the executor.
@@ -108,6 +110,54 @@ def asyncapi() -> dict:
     }
 
 
+def inline_schema(event_type: type) -> dict:
+    """The event's JSON Schema as in its file, with its ``$defs`` references replaced by what they
+    name: the form a document that embeds it (FastStream's AsyncAPI) can carry."""
+    schema = msgspec.json.schema(event_type)
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def integrations_asyncapi() -> dict:
+    """The integration surface as FastStream documents it (``threadbus.integrations.surface``):
+    a channel per event type on the stored subjects a subscriber filters on, and the request a
+    service publishes. Its payloads are the schemas above, inlined (a test compares them)."""
+    from faststream.specification import AsyncAPI
+
+    from threadbus.integrations import connect, surface
+    from threadbus.settings import Settings
+
+    broker = connect(Settings(nats_url="nats://localhost:4222"))
+    broker.include_router(surface())
+    document = AsyncAPI(
+        broker,
+        title="threadbus integrations",
+        version="1",
+        description=(
+            "What a FastStream service (threadbus.integrations) subscribes to and publishes. Subscribers"
+            " filter on the subjects as the stream stores them (the thread's partition after its id) with"
+            " durable pull consumers of TB_THREADS; the language-neutral contract is asyncapi.json and schema/."
+        ),
+        schema_version="3.0.0",
+    ).to_specification().to_jsonable()
+    for channel in document["channels"].values():  # FastStream leaves an address's parameters out
+        params = [p.strip("{}") for p in channel["address"].split(".") if p.startswith("{")]
+        if params:
+            channel["parameters"] = {p: {"description": f"the {p} id, encoded as in contracts/subjects.py"} for p in params}
+    return document
+
+
 def render() -> dict[str, str]:
     files = {}
     for event_type in event_types():
@@ -122,10 +172,12 @@ def render() -> dict[str, str]:
 def main(argv: list[str]) -> int:
     files = render()
     document = json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n"
+    integrations = json.dumps(integrations_asyncapi(), indent=2, sort_keys=True) + "\n"
     if "--check" in argv:
-        if not ASYNCAPI.exists() or ASYNCAPI.read_text() != document:
-            print("contracts/asyncapi.json is stale; run `python -m contracts.export`")
-            return 1
+        for path, text in ((ASYNCAPI, document), (INTEGRATIONS_ASYNCAPI, integrations)):
+            if not path.exists() or path.read_text() != text:
+                print(f"contracts/{path.name} is stale; run `python -m contracts.export`")
+                return 1
         stale = [
             name for name, text in files.items() if not (SCHEMA_DIR / name).exists() or (SCHEMA_DIR / name).read_text() != text
         ]
@@ -141,7 +193,8 @@ def main(argv: list[str]) -> int:
     for name, text in files.items():
         (SCHEMA_DIR / name).write_text(text)
     ASYNCAPI.write_text(document)
-    print(f"wrote {len(files)} schemas to {SCHEMA_DIR} and {ASYNCAPI.name}")
+    INTEGRATIONS_ASYNCAPI.write_text(integrations)
+    print(f"wrote {len(files)} schemas to {SCHEMA_DIR}, {ASYNCAPI.name} and {INTEGRATIONS_ASYNCAPI.name}")
     return 0
 
 

@@ -127,6 +127,13 @@ def outcome_any(type_name: str) -> str:
     return f"{PREFIX}.*.*.run.*.{EVENT_TOKENS[type_name]}"
 
 
+def event_any(type_name: str) -> str:
+    """Every stored control event of one type, in every thread (a run's or a thread's own)."""
+    if type_name.startswith("Thread"):
+        return f"{PREFIX}.*.*.meta.thread.{EVENT_TOKENS[type_name]}"
+    return outcome_any(type_name)
+
+
 def cancels_published() -> str:
     """Every ``RunCancelled`` as published, for a plain (non-stream) subscription: it sees the
     subject a publisher used, not the stored one."""
@@ -153,11 +160,6 @@ def checkpoints(thread_id: str | None, ns: str | None = None, checkpoint_id: str
     ns_tok = "*" if ns is None else token(ns)
     id_tok = "*" if checkpoint_id is None else token(checkpoint_id)
     return f"{PREFIX}.{thread_tok}.*.run.*.ckpt.{ns_tok}.{id_tok}"
-
-
-def partition_checkpoints(partition: int) -> str:
-    """Stored checkpoints of every thread of one partition."""
-    return f"{PREFIX}.*.{partition}.run.*.ckpt.>"
 
 
 def writes_record(thread_id: str, run_id: str, ns: str, checkpoint_id: str, task_id: str) -> str:

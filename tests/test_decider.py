@@ -686,6 +686,25 @@ def test_paused_thread_reject_policy_accepts_a_run_without_input():
     assert briefs(t.send(request)) == [("accepted", "N"), ("started", "N")]
 
 
+@pytest.mark.parametrize("when", ["before_its_answer", "while_it_runs", "while_it_waits"])
+def test_a_request_published_twice_is_decided_once(when: str):
+    # Beyond the stream's duplicate window the broker stores the copy: the log decides it once.
+    t = thread_in("paused_restart")
+    if when == "before_its_answer":
+        t.append(requested("R", resume=True))
+        assert t.request("R", resume=True) == [("accepted", "R"), ("started", "R")]
+    elif when == "while_it_runs":
+        assert t.request("R", resume=True) == [("accepted", "R"), ("started", "R")]
+        assert t.request("R", resume=True) == []
+    else:
+        assert t.request("R", resume=True) == [("accepted", "R"), ("started", "R")]
+        assert t.request("Q") == [("accepted", "Q")]
+        assert t.request("Q") == []
+    t.finish()
+    ran = {"A": "success", "R": "success"} | ({"Q": "success"} if when == "while_it_waits" else {})
+    assert (t.statuses, t.status) == (ran, "idle")
+
+
 def test_pause_then_resume_then_pause_again():
     t = thread_in("paused_restart")
     assert t.request("R1", resume=True) == [("accepted", "R1"), ("started", "R1")]

@@ -20,7 +20,7 @@ def test_the_settings_page_is_current():
     assert SETTINGS_DOC.read_text() == table(), "docs/settings.md is stale: run `python -m threadbus.settings`"
 
 
-def test_compose_has_a_three_node_cluster_and_two_of_each_service():
+def test_compose_has_a_three_node_cluster_a_database_and_two_of_each_service():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
     nats_nodes = [name for name in services if name.startswith("nats-")]
@@ -33,17 +33,21 @@ def test_compose_has_a_three_node_cluster_and_two_of_each_service():
         for n in (f"{role}-1", f"{role}-2"):
             assert services[n]["command"] == [role]
             assert services[n]["environment"]["THREADBUS_REPLICAS"] == "3"
+            assert services[n]["environment"]["THREADBUS_DATABASE_URL"].startswith("postgresql://")
             assert "/ready" in " ".join(services[n]["healthcheck"]["test"])
 
 
 def _environment_variables() -> set[str]:
     names: set[str] = set()
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    for service in compose["services"].values():
-        names |= set(service.get("environment") or {})
+    for name, service in compose["services"].items():
+        if name != "postgres":  # the database's own image, not threadbus
+            names |= set(service.get("environment") or {})
     for doc in yaml.safe_load_all((DEPLOY / "k8s" / "threadbus.yaml").read_text()):
         if doc["kind"] == "ConfigMap":
             names |= set(doc["data"])
+        elif doc["kind"] == "Secret":
+            names |= set(doc["stringData"])
         elif doc["kind"] == "Deployment":
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 names |= {e["name"] for e in container.get("env", [])}
@@ -59,7 +63,7 @@ def test_deploy_files_set_only_settings_that_exist():
 def test_kubernetes_manifests_probe_every_service():
     docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "threadbus.yaml").read_text()))
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Secret", "Service"]
     for deployment in (d for d in docs if d["kind"] == "Deployment"):
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["readinessProbe"]["httpGet"]["path"] == "/ready"

@@ -59,7 +59,11 @@ UNREACHABLE = (
 
 
 async def connect(settings: Settings, name: str) -> NATS:
+    nc = NATS()
+
     async def disconnected():
+        if nc.is_closed:  # closed by us, not lost
+            return
         log.warning("nats disconnected", service=name)
 
     async def reconnected():
@@ -68,7 +72,7 @@ async def connect(settings: Settings, name: str) -> NATS:
     async def error(err):
         log.warning("nats error", service=name, error=str(err))
 
-    return await nats.connect(
+    await nc.connect(
         servers=[s.strip() for s in settings.nats_url.split(",")],
         name=f"threadbus-{name}",
         max_reconnect_attempts=-1,
@@ -78,6 +82,7 @@ async def connect(settings: Settings, name: str) -> NATS:
         error_cb=error,
         **credentials(settings),
     )
+    return nc
 
 
 async def close(nc: NATS, timeout: float = 5.0) -> None:

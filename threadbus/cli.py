@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -116,7 +117,12 @@ async def _run_dev(settings: Settings, data_dir: Path, nats_url: str | None) -> 
     _stop_on_signals(stop)
     server = database = None
     if nats_url is None:
-        server = EmbeddedNats(data_dir / "nats", sync_interval=settings.sync_interval, max_payload_mb=settings.max_payload_mb)
+        server = EmbeddedNats(
+            data_dir / "nats",
+            port=_port_if_free(settings.nats_url),  # where NATS_URL's default finds it: integrations run as they are
+            sync_interval=settings.sync_interval,
+            max_payload_mb=settings.max_payload_mb,
+        )
         settings.nats_url = await asyncio.to_thread(server.start)
         log.info("embedded nats-server started", url=settings.nats_url, data_dir=str(data_dir / "nats"))
     if settings.database_url is None:
@@ -139,7 +145,9 @@ async def _run_dev(settings: Settings, data_dir: Path, nats_url: str | None) -> 
             asyncio.create_task(run_executor(settings, stop, graphs), name="executor"),
             asyncio.create_task(run_gateway(settings, stop, graphs), name="gateway"),
         ]
-        log.info("threadbus dev serving", url=f"http://{settings.host}:{settings.port}", graphs=graphs.ids())
+        log.info("threadbus dev serving", url=f"http://{settings.host}:{settings.port}", graphs=graphs.ids(), nats_url=settings.nats_url)
+        for command in _next_commands(settings):
+            log.info("try", command=command)
         done, _ = await asyncio.wait(services, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         results = await asyncio.gather(*services, return_exceptions=True)
@@ -153,6 +161,28 @@ async def _run_dev(settings: Settings, data_dir: Path, nats_url: str | None) -> 
         if server is not None:
             await asyncio.to_thread(server.stop)
             log.info("embedded nats-server stopped")
+
+
+def _port_if_free(nats_url: str) -> int | None:
+    """The port of the (first) NATS URL if nothing listens there, else None (any free port)."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(nats_url.split(",")[0].strip()).port or 4222
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+    return port
+
+
+def _next_commands(settings: Settings) -> list[str]:
+    """What to run next, in a second terminal, against this server."""
+    nats = "" if settings.nats_url == Settings.model_fields["nats_url"].default else f"NATS_URL={settings.nats_url} "
+    lesson = ".venv/bin/python examples/double_texting.py"
+    if settings.port != Settings.model_fields["port"].default:
+        lesson += f" http://{settings.host}:{settings.port}"
+    return [lesson, f"{nats}.venv/bin/python examples/integrations/audit_sink.py audit.jsonl"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -165,11 +165,15 @@ class EmbeddedPostgres:
     ``embedded_postgres`` system user and the server runs as that user.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, *, port: int | None = None, durable: bool = True):
-        """``durable=False`` turns fsync off: for test fixtures, whose data is thrown away."""
+    def __init__(
+        self, data_dir: str | os.PathLike, *, port: int | None = None, durable: bool = True, options: dict[str, str] | None = None
+    ):
+        """``durable=False`` turns fsync off: for test fixtures, whose data is thrown away.
+        ``options``: more server settings (``-c name=value``)."""
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.durable = durable
+        self.options = options or {}
         self.log_file = self.data_dir.parent / "postgres.log"
         self.process: subprocess.Popen | None = None
         self._user: str | None = None
@@ -216,6 +220,8 @@ class EmbeddedPostgres:
         options += ["-c", "synchronous_commit=off"]
         if not self.durable:
             options += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+        for name, value in self.options.items():
+            options += ["-c", f"{name}={value}"]
         log = open(self.log_file, "ab")
         self.process = subprocess.Popen(
             [str(self._bin / "postgres"), "-D", str(self.data_dir), *options],

@@ -20,7 +20,6 @@ import importlib.util
 import inspect
 import json
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +32,7 @@ from langgraph.pregel import Pregel
 # isinstance check in the SDK) see what they see on LangGraph Platform.
 from langgraph_sdk.runtime import _ExecutionRuntime, _ReadRuntime
 
-# The namespace LangGraph Platform uses for the assistant id of a graph (uuid5 of the graph name).
-ASSISTANT_NAMESPACE = uuid.UUID("6ba7b821-9dad-11d1-80b4-00c04fd430c8")
-
-
-def assistant_id_for(graph_id: str) -> str:
-    return str(uuid.uuid5(ASSISTANT_NAMESPACE, graph_id))
+from threadbus.admission import assistant_id_for  # noqa: F401 - the gateway imports it from here
 
 
 @dataclass

@@ -99,7 +99,19 @@ def evolve(state: ThreadState, event: Event, seq: int | None = None) -> ThreadSt
     if seq is not None:
         state = replace(state, seq=seq)
     match event:
-        case RunRequested():
+        case RunRequested(run_id=run_id):
+            # The same request again (published twice, beyond the stream's duplicate window) is
+            # decided once while its run is waiting or running: a run id the thread is about to
+            # answer, has queued or is running is not new. A copy of a run that ended is refused
+            # by its publisher, which finds the run in the log (statuses, which would tell, are
+            # not part of the state that snapshots and the read model keep).
+            if (
+                run_id == state.running
+                or run_id in state.queue
+                or run_id in state.to_compact
+                or any(isinstance(c, RunRequested) and c.run_id == run_id for c in state.inbox)
+            ):
+                return state
             return replace(state, inbox=state.inbox + (event,))
         case RunCancelRequested(run_id=run_id):
             # A cancel is moot unless the run is in flight at this point of the log.

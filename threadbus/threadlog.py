@@ -271,9 +271,8 @@ class ThreadLog:
         await self.js.purge_stream(self.stream, subject=subjects.thread_all(thread_id), seq=seq)
         await self.js.purge_stream(subjects.THREAD_EVENTS_STREAM, subject=subjects.thread_events(thread_id))
 
-    async def purge(self, filter_subject: str, below: int | None = None) -> None:
-        """Removes the messages on ``filter_subject`` (those below sequence ``below`` only, when given)."""
-        await self.js.purge_stream(self.stream, subject=filter_subject, seq=below)
+    async def purge(self, filter_subject: str) -> None:
+        await self.js.purge_stream(self.stream, subject=filter_subject)
 
 
 def event_msg_id(event: contracts.Event) -> str:

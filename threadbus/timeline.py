@@ -40,7 +40,7 @@ def describe(event: contracts.Event) -> str:
         case contracts.RunRolledBack():
             return "rolled back: its events and checkpoints were removed"
         case contracts.RunDeleted():
-            return "deleted: its events were removed, its checkpoints kept"
+            return "deleted: no longer listed"
         case contracts.ThreadCreated(metadata=metadata) | contracts.ThreadUpdated(metadata=metadata):
             return f"metadata={metadata}"
     return ""

@@ -280,9 +280,7 @@ class _Replay:
         if run_id is None:
             return
         if isinstance(event, contracts.RunDeleted):
-            # A finished run deleted on request: its control events are gone, nothing to check.
-            self.runs.pop(run_id, None)
-            return
+            return  # no longer listed; its history is checked as any other run's
         r = self.run(run_id)
         name = type(event).__name__
         r.control.append((seq, name))

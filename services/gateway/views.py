@@ -51,6 +51,8 @@ async def thread_runs(log: ThreadLog, thread_id: str) -> ThreadRuns:
             continue
         view.state = evolve(view.state, event, entry.seq)
         match event:
+            case contracts.RunRequested() if event.run_id in view.runs:
+                pass  # the same request published again: decided once (evolve), shown once
             case contracts.RunRequested():
                 view.runs[event.run_id] = RunRecord(requested=event, updated_at=event.at)
             case contracts.ThreadDeleted():
@@ -67,7 +69,7 @@ async def outcome(events: AsyncIterator[contracts.Event]) -> contracts.Event:
     """The event that ends a run, from the run's control events (read from the beginning)."""
     started = False
     async for event in events:
-        if isinstance(event, contracts.TERMINAL_EVENTS):
+        if isinstance(event, (*contracts.TERMINAL_EVENTS, contracts.RunRejected)):  # refused: nothing more comes
             return event
         if isinstance(event, contracts.RunStarted):
             started = True

@@ -34,6 +34,7 @@ from services.orchestrator.decider import next_decision
 from threadbus.thread_state import ThreadState, evolve, fold
 from services.orchestrator.leases import Leases
 from threadbus import broker, logs, metrics, thread_events
+from threadbus.admission import Admission
 from threadbus.read_model.database import Database
 from threadbus.read_model.projector import Projector
 from threadbus.settings import Settings
@@ -45,6 +46,7 @@ _CACHE_SIZE = 50_000
 _MAX_BATCH = 512
 _RETRY_DELAY_S = 0.5
 _STALL_CHECK_S = 3.0
+PROJECTING_PARTITION = 0
 
 
 class Orchestrator:
@@ -52,6 +54,7 @@ class Orchestrator:
         self.nc = nc
         self.settings = settings
         self.log = ThreadLog(nc)
+        self.admission = Admission(nc.jetstream())
         self.states: OrderedDict[str, ThreadState] = OrderedDict()
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -60,14 +63,14 @@ class Orchestrator:
         # renewal of the other leases.
         self.holding: dict[int, asyncio.Task] = {}
         self.consuming: set[int] = set()  # partitions subscribed to
-        # partition -> the task projecting it into the read model (the holder of a partition's
-        # lease decides for its threads and projects them).
+        # The holder of partition 0 also projects the log into the read model.
         self.projecting: dict[int, asyncio.Task] = {}
         self.received: defaultdict[int, int] = defaultdict(int)  # partition -> events pushed to us
         # Bumped whenever partitions change hands: a state folded before may have missed events
         # another orchestrator appended, and must not be cached.
         self.epoch = 0
         self.replicated = False  # read from the thread stream's configuration at start
+        self.balanced_once = False
         # Computed when scraped: an up-to-date sum would cost a pass over every thread per event.
         metrics.QUEUED_RUNS.set_function(lambda: sum(len(s.queue) for s in self.states.values()))
         metrics.DEEPEST_QUEUE.set_function(lambda: max((len(s.queue) for s in self.states.values()), default=0))
@@ -114,22 +117,26 @@ class Orchestrator:
             log.warning("partition lease lost", partition=partition)
             await self._stop_consuming(partition)
         wanted = await leases.fair_share()
+        # The partitions taken at start are listed once ("orchestrator consuming"); one taken
+        # later, from an orchestrator that left or died, is worth a line of its own.
+        at_start = not self.balanced_once
+        self.balanced_once = True
         for partition in await leases.acquire(wanted):
-            self.holding[partition] = asyncio.create_task(self._hold(partition), name=f"partition-{partition}")
-            self.projecting[partition] = asyncio.create_task(
-                Projector(self.nc, self.db, partition).run(), name=f"projector-{partition}"
-            )
+            self.holding[partition] = asyncio.create_task(self._hold(partition, at_start), name=f"partition-{partition}")
+            if partition == PROJECTING_PARTITION:
+                self.projecting[partition] = asyncio.create_task(Projector(self.nc, self.db).run(), name="projector")
         for partition in leases.surplus(wanted):
             await self._stop_consuming(partition)
             await leases.release(partition)
             log.info("partition handed back", partition=partition)
         metrics.PARTITIONS_HELD.set(len(self.holding))
 
-    async def _hold(self, partition: int) -> None:
+    async def _hold(self, partition: int, at_start: bool = False) -> None:
         """Subscribes to the partition, retrying while the broker cannot answer, and holds the
         subscription until cancelled; subscribes again if the consumer stops pushing."""
         while True:
-            sub = await self._subscribe_retrying(partition)
+            sub = await self._subscribe_retrying(partition, at_start)
+            at_start = False
             self.consuming.add(partition)
             try:
                 await self._until_stalled(partition)
@@ -139,13 +146,13 @@ class Orchestrator:
                     await sub.unsubscribe()
             log.warning("partition consumer stopped pushing; subscribing again", partition=partition)
 
-    async def _subscribe_retrying(self, partition: int):
+    async def _subscribe_retrying(self, partition: int, at_start: bool):
         start = None
         while True:
             try:
                 if start is None:
                     start = await self._resume_point(partition)
-                return await self._subscribe(partition, start)
+                return await self._subscribe(partition, start, at_start)
             except (*broker.UNREACHABLE, nats.js.errors.APIError) as err:
                 log.warning("partition not subscribed yet; trying again", partition=partition, error=repr(err))
                 await asyncio.sleep(1.0)
@@ -180,14 +187,14 @@ class Orchestrator:
             await js.delete_consumer(subjects.THREAD_STREAM, durable)
         return start
 
-    async def _subscribe(self, partition: int, start: int):
+    async def _subscribe(self, partition: int, start: int, at_start: bool = False):
         js = self.nc.jetstream()
         durable = broker.orchestrator_durable(partition)
         deliver = f"_TB.deliver.orchestrator.p{partition}.{self.name}"
         info = await js.add_consumer(subjects.THREAD_STREAM, broker.orchestrator_consumer(partition, deliver, start))
         sub = await js.subscribe_bind(subjects.THREAD_STREAM, info.config, durable, cb=self._enqueue, manual_ack=True)
         self._forget_states()
-        log.info("partition taken", partition=partition, from_seq=start)
+        (log.debug if at_start else log.info)("partition taken", partition=partition, from_seq=start)
         return sub
 
     async def _stop_consuming(self, partition: int) -> None:
@@ -283,7 +290,14 @@ class Orchestrator:
 
     async def _settle(self, state: ThreadState) -> ThreadState:
         conflicts = 0
+        refusals: dict[str, contracts.RunRejected | None] = {}  # run id -> asked once per settling
         while (decision := next_decision(state, self.settings.paused_thread_input)) is not None:
+            if (request := _answered_request(state)) is not None:
+                # Checked before any decision it causes: a request naming nothing that exists
+                # must not cancel the runs in flight (interrupt, rollback) on its way to a refusal.
+                if request.run_id not in refusals:
+                    refusals[request.run_id] = await self.admission.refusal(request)
+                decision = refusals[request.run_id] or decision
             try:
                 seq = await self.log.append_event(decision, expect=state.seq, scope="thread")
             except Conflict as conflict:
@@ -322,6 +336,14 @@ class Orchestrator:
         self.states.move_to_end(state.thread_id)
         while len(self.states) > _CACHE_SIZE:
             self.states.popitem(last=False)
+
+
+def _answered_request(state: ThreadState) -> contracts.RunRequested | None:
+    """The request the state's next decision answers (or cancels runs for), if it answers one:
+    compactions and cancel requests come first (``next_decision``)."""
+    if state.to_compact or not state.inbox or not isinstance(state.inbox[0], contracts.RunRequested):
+        return None
+    return state.inbox[0]
 
 
 def _count(state: ThreadState, decision: contracts.Event) -> None:

@@ -56,7 +56,7 @@ async def migrate(conn: psycopg.AsyncConnection) -> list[str]:
 class Database:
     """A pool of connections to the read model. Connections hand out rows as dicts."""
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 5.0):
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 20, timeout: float = 2.0):
         self.url = url
         self.timeout = timeout
         self.pool = psycopg_pool.AsyncConnectionPool(

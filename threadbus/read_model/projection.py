@@ -132,9 +132,6 @@ def project(thread: ThreadRow | None, event: contracts.events.AnyEvent, seq: int
     match event:
         case contracts.ThreadUpdated(metadata=metadata):
             thread.metadata = dict(metadata)
-        case contracts.RunRequested():
-            # Which graph the thread runs, as LangGraph Platform records it in thread metadata.
-            thread.metadata = {**thread.metadata, "graph_id": event.graph_id, "assistant_id": event.assistant_id}
         case contracts.RunAccepted():
             request = next((r for r in before.inbox if isinstance(r, contracts.RunRequested) and r.run_id == run_id), None)
             if request is not None:

@@ -1,10 +1,15 @@
-"""The projector: applies one partition of the thread log to the read model.
+"""The projector: applies the thread log to the read model.
 
-It reads the partition's control events and checkpoint records in log order from the position
+It reads every thread's control events and checkpoint records in log order from the position
 stored in ``projection_positions``, and applies each batch in one transaction that also moves the
 position, so a batch is applied entirely or not at all, and never twice (the position is read
-under a row lock, and events at or below it are skipped: two projectors of one partition, say
-during a hand-over between orchestrators, serialise on that row and agree).
+under a row lock, and events at or below it are skipped: two projectors, say during a hand-over
+between orchestrators, serialise on that row and agree).
+
+One projector for the whole log, not one per partition: its position is then one number, which
+tells any reader exactly which events the read model holds (:mod:`threadbus.read_model.reads`).
+Its work is a few statements per event in batches of hundreds; the database, not the projector,
+is what a busier deployment needs more of.
 
 The broker keeps nothing for it: the consumer is ephemeral, created from the stored position,
 without acknowledgements. When the database is away, the batch is kept and tried again; nothing
@@ -20,7 +25,6 @@ import uuid
 import msgspec
 import nats.errors
 import nats.js.errors
-import structlog
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -41,32 +45,34 @@ _IDLE_FETCH_S = 5.0
 _serde = JsonPlusSerializer()
 
 
-def partition_filters(partition: int) -> list[str]:
-    """What the read model is made of: the partition's control events and checkpoints (pending
-    writes are the executor's business until they are folded into the next checkpoint)."""
-    return [subjects.all_control(partition), subjects.partition_checkpoints(partition)]
+PROJECTION = "thread_log"
+
+
+def projected_subjects() -> list[str]:
+    """What the read model is made of: control events and checkpoints (pending writes are the
+    executor's business until they are folded into the next checkpoint)."""
+    return [subjects.all_control(), subjects.checkpoints(None)]
 
 
 class Projector:
-    def __init__(self, nc: NATS, db: Database, partition: int):
+    def __init__(self, nc: NATS, db: Database):
         self.nc = nc
         self.js = nc.jetstream()
         self.db = db
-        self.partition = partition
 
     async def run(self) -> None:
         """Projects until cancelled."""
-        with structlog.contextvars.bound_contextvars(partition=self.partition):
-            position = await self._retrying(self._position)
-            while True:
-                sub = await self._subscribe(position)
-                try:
-                    position = await self._consume(sub, position)
-                except (nats.js.errors.NotFoundError, nats.errors.BadSubscriptionError):
-                    log.info("projection consumer gone; subscribing again", position=position)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
+        position = await self._retrying(self._position)
+        log.info("projecting the thread log", position=position)
+        while True:
+            sub = await self._subscribe(position)
+            try:
+                position = await self._consume(sub, position)
+            except (nats.js.errors.NotFoundError, nats.errors.BadSubscriptionError):
+                log.info("projection consumer gone; subscribing again", position=position)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def _consume(self, sub, position: int) -> int:
         while True:
@@ -81,10 +87,10 @@ class Projector:
             position = await self._retrying(lambda: self.apply(entries)) or position
 
     async def _subscribe(self, position: int):
-        name = f"projector-p{self.partition}-{uuid.uuid4().hex[:8]}"
+        name = f"projector-{uuid.uuid4().hex[:8]}"
         config = ConsumerConfig(
             name=name,
-            filter_subjects=partition_filters(self.partition),
+            filter_subjects=projected_subjects(),
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=position + 1,
             ack_policy=AckPolicy.NONE,
@@ -113,7 +119,7 @@ class Projector:
     async def _position(self) -> int:
         async with self.db.connection() as conn:
             row = await (
-                await conn.execute("select position from projection_positions where partition = %s", (self.partition,))
+                await conn.execute("select position from projection_positions where projection = %s", (PROJECTION,))
             ).fetchone()
         return row["position"] if row else 0
 
@@ -124,10 +130,10 @@ class Projector:
             return None
         async with self.db.connection() as conn, conn.transaction():
             await conn.execute(
-                "insert into projection_positions (partition, position) values (%s, 0) on conflict do nothing", (self.partition,)
+                "insert into projection_positions (projection, position) values (%s, 0) on conflict do nothing", (PROJECTION,)
             )
             stored = await (
-                await conn.execute("select position from projection_positions where partition = %s for update", (self.partition,))
+                await conn.execute("select position from projection_positions where projection = %s for update", (PROJECTION,))
             ).fetchone()
             fresh = [e for e in entries if e.seq > stored["position"]]
             if not fresh:
@@ -156,9 +162,9 @@ class Projector:
                         continue
                     if tid in newest_values:
                         row.values = projection.state_values(_serde.loads_typed(_blob(newest_values[tid].checkpoint)))
-                    await rows.save_thread(conn, row, self.partition)
+                    await rows.save_thread(conn, row)
                 await conn.execute(
-                    "update projection_positions set position = %s where partition = %s", (fresh[-1].seq, self.partition)
+                    "update projection_positions set position = %s where projection = %s", (fresh[-1].seq, PROJECTION)
                 )
             return fresh[-1].seq
 

@@ -2,14 +2,15 @@
 
 The guarantee: a read sees every event the thread log held when the read began.
 
-- Reads of one thread (a thread, a run, a thread's runs) read its row, which says up to which log
-  position it is current (the thread's last applied event, or further: its partition's position),
-  and fold only the thread's control events after that position, read from the log with one
-  direct get. The cost is that of the events the projector has not applied yet: O(new events),
-  not O(history).
-- Searches over many threads (search, count) first wait until every partition's projection has
-  applied the control events the log held at the start of the request (one stream-info request,
-  and one direct get per partition that is behind), then query the indexes.
+- Reads of one thread (a thread, a run, a thread's runs) read its row and the projector's
+  position in one statement: the row holds every event of the thread up to that position, so
+  only the thread's control events after it are folded, read from the log with one direct get.
+  The cost is that of the events the projector has not applied yet: O(new events), not
+  O(history).
+- Searches over many threads (search, count) first wait until the projector has applied what the
+  log held at the start of the request (a stream-info request; while it is behind, a direct get
+  or two to learn whether anything it projects lies between its position and that end), then
+  query the indexes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from threadbus import logs
 from threadbus.read_model import projection, rows
 from threadbus.read_model.database import Database
 from threadbus.read_model.projection import RunRow, ThreadRow
+from threadbus.read_model.projector import PROJECTION, projected_subjects
 from threadbus.threadlog import ThreadLog
 
 log = logs.get("threadbus.read_model")
@@ -43,6 +45,7 @@ class ThreadView:
     values_stale: bool = False
 
 
+_THREAD_COLUMNS_OF_T = ", ".join(f"t.{c.strip()}" for c in rows.THREAD_COLUMNS.split(","))
 THREAD_SORT_COLUMNS = {"thread_id", "status", "created_at", "updated_at", "state_updated_at"}
 
 
@@ -57,13 +60,14 @@ class Reads:
         async with self.db.connection() as conn:
             found = await (
                 await conn.execute(
-                    f"select {rows.THREAD_COLUMNS}, p.position from threads t"
-                    " left join projection_positions p on p.partition = t.partition where t.thread_id = %s",
-                    (thread_id,),
+                    f"select p.position, {_THREAD_COLUMNS_OF_T} from (select %s as projection) wanted"
+                    " left join projection_positions p using (projection)"
+                    " left join threads t on t.thread_id = %s",
+                    (PROJECTION, thread_id),
                 )
             ).fetchone()
-        row = rows.thread_from(found) if found else None
-        current_through = max(row.log_seq, found["position"] or 0) if row else 0
+        row = rows.thread_from(found) if found["thread_id"] is not None else None
+        current_through = max(row.log_seq if row else 0, found["position"] or 0)
         return self._fold_tail(row, thread_id, await self.log.read(subjects.thread_control(thread_id), after=current_through))
 
     def _fold_tail(self, row: ThreadRow | None, thread_id: str, entries) -> ThreadView:
@@ -122,23 +126,23 @@ class Reads:
 
     # -- many threads -------------------------------------------------------------------------
     async def caught_up(self) -> None:
-        """Returns once the projection has applied every control event the log holds now."""
+        """Returns once the projection has applied everything it projects that the log holds now."""
         newest = await self.log.last_seq()
         deadline = time.monotonic() + self.catch_up_timeout_s
-        behind = set(range(subjects.PARTITIONS))
         while True:
             async with self.db.connection() as conn:
-                positions = {
-                    r["partition"]: r["position"]
-                    for r in await (await conn.execute("select partition, position from projection_positions")).fetchall()
-                }
-            pending = [p for p in behind if positions.get(p, 0) < newest]
-            nexts = await asyncio.gather(*(self.log.next_seq(subjects.all_control(p), positions.get(p, 0)) for p in pending))
-            behind = {p for p, seq in zip(pending, nexts) if seq is not None and seq <= newest}
-            if not behind:
+                found = await (
+                    await conn.execute("select position from projection_positions where projection = %s", (PROJECTION,))
+                ).fetchone()
+            position = found["position"] if found else 0
+            if position >= newest:
+                return
+            # The newest messages may be ones it does not project (pending writes).
+            unapplied = await asyncio.gather(*(self.log.next_seq(f, position) for f in projected_subjects()))
+            if all(seq is None or seq > newest for seq in unapplied):
                 return
             if time.monotonic() > deadline:
-                log.warning("read model behind the log; answering from what it has", partitions=sorted(behind))
+                log.warning("read model behind the log; answering from what it has", position=position, log_end=newest)
                 return
             await asyncio.sleep(_CATCH_UP_POLL_S)
 

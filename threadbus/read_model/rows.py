@@ -40,9 +40,9 @@ async def load_threads(conn, thread_ids: set[str]) -> dict[str, ThreadRow]:
     return {r["thread_id"]: thread_from(r) for r in await cur.fetchall()}
 
 
-async def save_thread(conn, row: ThreadRow, partition: int) -> None:
+async def save_thread(conn, row: ThreadRow) -> None:
     await conn.execute(
-        f"insert into threads ({THREAD_COLUMNS}, partition) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        f"insert into threads ({THREAD_COLUMNS}) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         " on conflict (thread_id) do update set updated_at = excluded.updated_at,"
         " state_updated_at = excluded.state_updated_at, metadata = excluded.metadata, status = excluded.status,"
         " \"values\" = excluded.\"values\", interrupts = excluded.interrupts, error = excluded.error,"
@@ -59,7 +59,6 @@ async def save_thread(conn, row: ThreadRow, partition: int) -> None:
             Jsonb(row.error) if row.error is not None else None,
             Jsonb(fold_to_json(row.fold)),
             row.log_seq,
-            partition,
         ),
     )
 

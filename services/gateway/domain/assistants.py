@@ -12,6 +12,7 @@ from fastapi import HTTPException
 
 from services.gateway.domain import records
 from services.gateway.models import AssistantCreate, AssistantPatch
+from threadbus import runrequest
 from threadbus.graphs import GraphRegistry, assistant_id_for
 
 
@@ -172,5 +173,5 @@ class Assistants:
 
     def graph_for(self, assistant: dict[str, Any], config: dict[str, Any] | None = None, store: Any = None):
         """The assistant's graph for introspection, as an async context manager."""
-        config = records.merge_config(assistant.get("config"), config)
+        config = runrequest.merge_config(assistant.get("config"), config)
         return self.graphs.graph(assistant["graph_id"], config, access_context="assistants.read", store=store)

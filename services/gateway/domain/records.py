@@ -34,14 +34,6 @@ def matches(record: dict[str, Any], wanted: dict[str, Any] | None) -> bool:
     return not wanted or all(record.get(k) == v for k, v in wanted.items())
 
 
-def merge_config(base: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any]:
-    merged = {**(base or {}), **(override or {})}
-    configurable = {**((base or {}).get("configurable") or {}), **((override or {}).get("configurable") or {})}
-    if configurable:
-        merged["configurable"] = configurable
-    return merged
-
-
 def owned(metadata: dict[str, Any]) -> dict[str, Any]:
     identity = auth.current_identity.get()
     return metadata if identity is None else {**metadata, "owner": identity}

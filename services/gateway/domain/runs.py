@@ -5,7 +5,6 @@ observed on the same subjects."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,7 +18,7 @@ from services.gateway.domain import records
 from services.gateway.domain.assistants import Assistants
 from services.gateway.domain.threads import Threads
 from services.gateway.models import RunCreate, ThreadCreate
-from threadbus import logs
+from threadbus import logs, runrequest
 from threadbus.read_model import projection, rows
 from threadbus.read_model.reads import Reads
 from threadbus.settings import Settings
@@ -28,6 +27,8 @@ from threadbus.threadlog import ThreadLog
 log = logs.get("threadbus.gateway")
 
 IN_FLIGHT = ("pending", "running")
+# A rejection's HTTP status; the unknown_* ones only when a record vanished after the gateway's own check.
+_REJECTION_STATUS = {"not_paused": 400, "unknown_assistant": 404, "unknown_thread": 404}
 
 
 class Runs:
@@ -64,30 +65,25 @@ class Runs:
                     raise HTTPException(404, "Thread or assistant not found.") from None
                 await self.threads.create(ThreadCreate(thread_id=thread_id, if_exists="do_nothing"))
             await self.threads.remember_graph(thread_id, assistant)
-        stream_mode = body.stream_mode or ["values"]
-        config = records.merge_config(assistant.get("config"), body.config)
-        return contracts.RunRequested(
-            thread_id=thread_id,
-            run_id=run_id or str(uuid.uuid4()),
-            assistant_id=assistant["assistant_id"],
-            graph_id=assistant["graph_id"],
-            multitask_strategy=body.multitask_strategy or "enqueue",
-            metadata={**(assistant.get("metadata") or {}), **(body.metadata or {}), "assistant_id": assistant["assistant_id"]},
-            kwargs=contracts.RunKwargs(
-                input=body.input,
-                command=body.command.model_dump(exclude_none=True) if body.command else None,
-                config=config,
-                context={**(assistant.get("context") or {}), **(body.context or {})},
-                stream_mode=[stream_mode] if isinstance(stream_mode, str) else list(stream_mode),
-                interrupt_before=body.interrupt_before or config.get("interrupt_before"),
-                interrupt_after=body.interrupt_after or config.get("interrupt_after"),
-                checkpoint_id=body.checkpoint_id,
-                checkpoint=body.checkpoint,
-                webhook=body.webhook,
-                subgraphs=body.stream_subgraphs,
-                resumable=body.stream_resumable,
-                temporary=temporary,
-            ),
+        return runrequest.build(
+            thread_id,
+            assistant,
+            run_id=run_id,
+            multitask_strategy=body.multitask_strategy,
+            metadata=body.metadata,
+            config=body.config,
+            context=body.context,
+            stream_mode=body.stream_mode,
+            interrupt_before=body.interrupt_before,
+            interrupt_after=body.interrupt_after,
+            input=body.input,
+            command=body.command.model_dump(exclude_none=True) if body.command else None,
+            checkpoint_id=body.checkpoint_id,
+            checkpoint=body.checkpoint,
+            webhook=body.webhook,
+            subgraphs=body.stream_subgraphs,
+            resumable=body.stream_resumable,
+            temporary=temporary,
         )
 
     async def submit(self, request: contracts.RunRequested, events: AsyncIterator[contracts.Event]) -> dict[str, Any]:
@@ -98,7 +94,7 @@ class Runs:
                 async for event in events:
                     if isinstance(event, contracts.RunRejected):
                         log.info("run rejected", thread_id=request.thread_id, run_id=request.run_id, reason=event.reason)
-                        raise HTTPException(400 if event.reason == "not_paused" else 409, event.detail)
+                        raise HTTPException(_REJECTION_STATUS.get(event.reason, 409), event.detail)
                     if isinstance(event, contracts.RunAccepted):
                         break
         except TimeoutError:
@@ -173,7 +169,6 @@ class Runs:
         run = await self.find(thread_id, run_id)
         if run["status"] in IN_FLIGHT:
             raise HTTPException(409, f"Run {run_id} is {run['status']}; cancel it before deleting it")
-        # A tombstone, then its control events go; its checkpoints stay: they are part of the
-        # thread's state and history.
-        seq = await self.log.append_event(contracts.RunDeleted(thread_id=thread_id, run_id=run_id))
-        await self.log.purge(subjects.run_control(thread_id, run_id), below=seq)
+        # Its events stay in the log (the audit trail says it ran, and was deleted) and so do
+        # its checkpoints (they are the thread's state and history); runs are no longer listed.
+        await self.log.append_event(contracts.RunDeleted(thread_id=thread_id, run_id=run_id))

@@ -14,6 +14,7 @@ import contracts
 from services.gateway import auth, views
 from services.gateway.domain import records
 from services.gateway.models import ThreadCount, ThreadCreate, ThreadSearch
+from threadbus import runrequest
 from threadbus.checkpointer import JetStreamSaver
 from threadbus.graphs import GraphRegistry
 from threadbus.read_model import projection, rows
@@ -187,17 +188,18 @@ class Threads:
 
     async def remember_graph(self, thread_id: str, assistant: dict[str, Any]) -> None:
         """Record which graph the thread runs, as LangGraph Platform does in thread metadata."""
-        wanted = {"graph_id": assistant["graph_id"], "assistant_id": assistant["assistant_id"]}
+        changed = False
 
         def change(r):
-            meta = r.get("metadata") or {}
-            if all(meta.get(k) == v for k, v in wanted.items()):
-                return None
-            r["metadata"] = {**meta, **wanted}
-            r["updated_at"] = records.iso_now()
-            return r
+            nonlocal changed
+            updated = runrequest.with_graph(r, assistant, records.iso_now())
+            changed = updated is not None
+            return updated
 
-        await records.update(self.kv, thread_id, change)
+        updated = await records.update(self.kv, thread_id, change)
+        if changed and updated is not None:
+            # In the log too, so that the read model (and any replay) knows the thread's graph.
+            await self.log.append_event(contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"]))
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")

@@ -1,16 +1,15 @@
 -- Threads, runs and the checkpoint index, projected from the thread log. No foreign keys: the
 -- projector writes a batch of events in log order, and a thread's row is written at the end of it.
 
--- How far the projector has applied each partition of the thread log: the stream sequence of
--- the last event applied, written in the same transaction as the rows it produced.
+-- How far a projection has applied its log: the stream sequence of the last event applied,
+-- written in the same transaction as the rows it produced.
 create table projection_positions (
-    partition integer primary key,
+    projection text primary key,
     position bigint not null
 );
 
 create table threads (
     thread_id text primary key,
-    partition integer not null,
     created_at timestamptz not null,
     updated_at timestamptz not null,
     state_updated_at timestamptz not null,
