@@ -183,7 +183,10 @@ def _object(params: dict[str, Any], key: str) -> dict[str, Any] | None:
     return value
 
 
-@router.post("/threads/{thread_id}/commands")
+@router.post(
+    "/threads/{thread_id}/commands",
+    responses={400: {"description": "not JSON ({detail}), or no integer id / string method (an error envelope)"}},
+)
 async def commands(thread_id: str, request: Request) -> Response:
     try:
         raw = orjson.loads(await request.body())

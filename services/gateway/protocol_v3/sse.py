@@ -25,7 +25,10 @@ router = APIRouter(tags=["thread protocol (v3)"])
 HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 
 
-@router.post("/threads/{thread_id}/stream/events")
+@router.post(
+    "/threads/{thread_id}/stream/events",
+    responses={400: {"description": "not JSON, or a subscription the protocol does not allow ({detail})"}},
+)
 async def stream_events(thread_id: str, request: Request) -> Response:
     try:
         body = orjson.loads(await request.body())
