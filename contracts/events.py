@@ -40,6 +40,7 @@ __all__ = [
     "ThreadDeleted",
     "TypedBlob",
     "CheckpointSaved",
+    "CheckpointPointer",
     "WritesSaved",
     "PendingWrite",
     "ControlEvent",
@@ -229,6 +230,16 @@ class CheckpointSaved(Event, tag=True, kw_only=True):
     metadata: TypedBlob
 
 
+class CheckpointPointer(Event, tag=True, kw_only=True):
+    """Which run's subject holds a checkpoint, so that readers get it by a literal subject. Stored
+    twice per checkpoint: as the checkpoint's ref and as its namespace's head (the newest
+    checkpoint of the namespace). A pointer whose checkpoint is gone (rolled back) means nothing."""
+
+    run_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+
+
 class PendingWrite(msgspec.Struct, array_like=True):
     idx: int
     channel: str
@@ -290,7 +301,7 @@ ControlEvent = Union[
     ThreadUpdated,
     ThreadDeleted,
 ]
-AnyEvent = Union[ControlEvent, CheckpointSaved, WritesSaved]
+AnyEvent = Union[ControlEvent, CheckpointSaved, WritesSaved, CheckpointPointer]
 
 TERMINAL_EVENTS = (RunStopped, RunSucceeded, RunFailed, RunInterrupted, RunRolledBack)
 

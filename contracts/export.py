@@ -46,6 +46,8 @@ def subject_of(type_name: str) -> str:
         return "tb.events.<thread> (stream TB_THREADEVENTS)"
     if type_name == "CheckpointSaved":
         return "tb.thread.<thread>.run.<run>.ckpt.<checkpoint_ns>.<checkpoint_id>"
+    if type_name == "CheckpointPointer":
+        return "tb.thread.<thread>.index.ckpt.<checkpoint_ns>.<checkpoint_id> (the ref; the head: tb.thread.<thread>.head.<checkpoint_ns>)"
     if type_name == "WritesSaved":
         return "tb.thread.<thread>.run.<run>.write.<checkpoint_ns>.<checkpoint_id>.<task_id>"
     if type_name.startswith("Thread"):
@@ -54,7 +56,7 @@ def subject_of(type_name: str) -> str:
 
 
 def msg_id_of(type_name: str) -> str:
-    if type_name in ("CheckpointSaved", "WritesSaved", "StreamChunk", "ThreadStreamEvent"):
+    if type_name in ("CheckpointSaved", "CheckpointPointer", "WritesSaved", "StreamChunk", "ThreadStreamEvent"):
         return "any unique id (a retry of the same record reuses it)"
     if type_name.startswith("Thread"):
         return f"{EVENT_TOKENS[type_name]}:<thread>:<at, ISO 8601>"

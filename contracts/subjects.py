@@ -6,6 +6,8 @@ Thread log (stream ``TB_THREADS``). Events are published on these subjects::
     tb.thread.<thread>.meta.thread.<event>            control events of the thread itself
     tb.thread.<thread>.run.<run>.ckpt.<ns>.<id>       a checkpoint written by that run
     tb.thread.<thread>.run.<run>.write.<ns>.<id>.<task>   pending writes of one task
+    tb.thread.<thread>.head.<ns>                      which run wrote the namespace's newest checkpoint
+    tb.thread.<thread>.index.ckpt.<ns>.<id>           which run wrote that checkpoint
 
 and the stream stores each with the thread's partition inserted after the thread token
 (``tb.thread.<thread>.<partition>.run.<run>.<event>``): a subject transform in the stream
@@ -13,7 +15,11 @@ configuration, ``{{partition(PARTITIONS,1)}}`` over the thread token, so the sam
 lands in the same partition and one orchestrator consumer per partition sees exactly its threads.
 Publishers never compute a partition; readers match it with ``*``.
 
-Stored control events have seven tokens and checkpoint records more, so ``tb.thread.<t>.*.*.*.*``
+The last two are the checkpointer's pointers (small, rewritten with every checkpoint): they make
+"the newest checkpoint" and "checkpoint <id>" a get of a literal subject, whose cost does not grow
+with the thread's history as a wildcard over every run's subjects does.
+
+Stored control events have seven tokens and checkpoint records and pointers other counts, so ``tb.thread.<t>.*.*.*.*``
 selects exactly a thread's control events and ``tb.thread.<t>.*.run.<r>.*`` one run's. Rolling a
 run back purges ``tb.thread.<t>.*.run.<r>.>``; deleting a thread purges ``tb.thread.<t>.>``.
 
@@ -113,6 +119,12 @@ def run_control(thread_id: str, run_id: str) -> str:
     return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.*"
 
 
+def run_event(thread_id: str, run_id: str, type_name: str) -> str:
+    """The stored subject of one control event of a run: literal but for the partition, so a
+    last-by-subject get of it costs the same however long the thread's log is."""
+    return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.{EVENT_TOKENS[type_name]}"
+
+
 def run_all(thread_id: str, run_id: str) -> str:
     return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.>"
 
@@ -160,6 +172,33 @@ def checkpoints(thread_id: str | None, ns: str | None = None, checkpoint_id: str
     ns_tok = "*" if ns is None else token(ns)
     id_tok = "*" if checkpoint_id is None else token(checkpoint_id)
     return f"{PREFIX}.{thread_tok}.*.run.*.ckpt.{ns_tok}.{id_tok}"
+
+
+def checkpoint_head(thread_id: str, ns: str) -> str:
+    """The subject to publish a namespace's newest-checkpoint pointer on."""
+    return f"{PREFIX}.{token(thread_id)}.head.{token(ns)}"
+
+
+def checkpoint_heads(thread_id: str, ns: str | None = None) -> str:
+    """Stored newest-checkpoint pointers of a thread (of one namespace)."""
+    return f"{PREFIX}.{token(thread_id)}.*.head.{'*' if ns is None else token(ns)}"
+
+
+def checkpoint_ref(thread_id: str, ns: str, checkpoint_id: str) -> str:
+    """The subject to publish a checkpoint's pointer (the run that wrote it) on."""
+    return f"{PREFIX}.{token(thread_id)}.index.ckpt.{token(ns)}.{token(checkpoint_id)}"
+
+
+def checkpoint_refs(thread_id: str, ns: str | None = None, checkpoint_id: str | None = None) -> str:
+    """Stored checkpoint pointers of a thread, optionally of one namespace or one id."""
+    ns_tok = "*" if ns is None else token(ns)
+    id_tok = "*" if checkpoint_id is None else token(checkpoint_id)
+    return f"{PREFIX}.{token(thread_id)}.*.index.ckpt.{ns_tok}.{id_tok}"
+
+
+def stored_checkpoint(thread_id: str, run_id: str, ns: str, checkpoint_id: str) -> str:
+    """One checkpoint as stored, literal but for the partition."""
+    return f"{PREFIX}.{token(thread_id)}.*.run.{token(run_id)}.ckpt.{token(ns)}.{token(checkpoint_id)}"
 
 
 def writes_record(thread_id: str, run_id: str, ns: str, checkpoint_id: str, task_id: str) -> str:

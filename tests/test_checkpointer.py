@@ -11,6 +11,7 @@ from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.report import ProgressCallbacks
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint, generate_config, generate_metadata
 from langgraph.checkpoint.serde.types import ERROR
+from prometheus_client import REGISTRY
 
 import contracts
 from contracts import subjects
@@ -145,3 +146,37 @@ async def test_sync_methods_run_on_the_savers_loop(log, thread_id):
     assert after_delete is None
     with pytest.raises(asyncio.InvalidStateError):
         saver.get_tuple(config)
+
+
+async def test_a_long_history_is_listed_newest_first_decoding_only_what_is_returned(log, thread_id):
+    # Enough checkpoints for list's backward walk to cross several windows of sequences.
+    saver = JetStreamSaver(log)
+    ids, config = [], generate_config(thread_id)
+    for step in range(200):
+        config = await saver.aput(config, generate_checkpoint(), generate_metadata(step=step), {})
+        ids.append(config["configurable"]["checkpoint_id"])
+    await saver.aput_writes(generate_config(thread_id, checkpoint_id=ids[95]), [("ch", "w")], "task")
+
+    assert [t.config["configurable"]["checkpoint_id"] async for t in saver.alist(generate_config(thread_id))] == ids[::-1]
+
+    decoded = REGISTRY.get_sample_value("threadbus_checkpoints_decoded_total")
+    page = [t async for t in saver.alist(generate_config(thread_id), before=generate_config(thread_id, checkpoint_id=ids[100]), limit=10)]
+    assert [t.config["configurable"]["checkpoint_id"] for t in page] == ids[99:89:-1]
+    assert page[4].pending_writes == [("task", "ch", "w")]
+    assert REGISTRY.get_sample_value("threadbus_checkpoints_decoded_total") - decoded == 10
+
+    steps = [t.metadata["step"] async for t in saver.alist(generate_config(thread_id), filter={"step": 3})]
+    assert steps == [3]
+    latest = await saver.aget_tuple(generate_config(thread_id))
+    old = await saver.aget_tuple(generate_config(thread_id, checkpoint_id=ids[7]))
+    assert latest.config["configurable"]["checkpoint_id"] == ids[-1] and old.metadata["step"] == 7
+
+
+async def test_a_head_left_on_a_removed_checkpoint_is_read_past(log, thread_id):
+    saver = JetStreamSaver(log)
+    kept = await saver.aput(generate_config(thread_id), generate_checkpoint(), generate_metadata(run_id="kept"), {})
+    await saver.aput(kept, generate_checkpoint(), generate_metadata(run_id="gone"), {})
+    await saver.adelete_for_runs(["gone"])  # as a rollback's compaction leaves it: the head points at nothing
+
+    assert (await saver.aget_tuple(generate_config(thread_id))).config == kept
+    assert [t.config async for t in saver.alist(generate_config(thread_id))] == [kept]

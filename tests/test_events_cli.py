@@ -28,7 +28,10 @@ async def test_the_timeline_shows_decisions_outcomes_and_rollback_tombstones(cli
     text = events_cli(nats_url, thread)
     assert text.returncode == 0, text.stderr
     kinds = [line.split()[2] for line in text.stdout.splitlines()]
-    assert kinds == ["ThreadCreated", "RunRequested", "RunAccepted", "RunRolledBack", "RunStarted", "RunSucceeded"]
+    # Each run's graph is recorded in the thread's metadata (ThreadUpdated) before it is requested.
+    assert kinds == [
+        "ThreadCreated", "ThreadUpdated", "ThreadUpdated", "RunRequested", "RunAccepted", "RunRolledBack", "RunStarted", "RunSucceeded",
+    ]
     assert f"run={first['run_id']}  rolled back" in text.stdout
     assert "strategy=rollback graph=echo" in text.stdout
 
@@ -51,7 +54,7 @@ async def test_follow_prints_events_as_they_are_appended(client, nats_url):
         seen = []
         while "RunSucceeded" not in (seen[-1] if seen else ""):
             seen.append(follower.stdout.readline())
-        assert [line.split()[2] for line in seen] == ["RunRequested", "RunAccepted", "RunStarted", "RunSucceeded"]
+        assert [line.split()[2] for line in seen] == ["ThreadUpdated", "RunRequested", "RunAccepted", "RunStarted", "RunSucceeded"]
     finally:
         follower.kill()
         follower.wait()

@@ -41,6 +41,7 @@ STORE_BUCKET = "tb_store"
 ASSISTANT_VERSIONS_BUCKET = "tb_assistant_versions"
 CRONS_BUCKET = "tb_crons"
 LEASES_BUCKET = "tb_leases"
+SNAPSHOTS_BUCKET = "tb_thread_snapshots"
 
 
 # The broker could not be reached or did not answer: worth trying again, not a verdict on the work.
@@ -295,6 +296,8 @@ async def _bootstrap(nc: NATS, settings: Settings) -> None:
             bucket=LEASES_BUCKET, history=1, ttl=settings.orchestrator_lease_s, storage=StorageType.FILE, replicas=settings.replicas
         )
     )
+    # The orchestrator's thread snapshots: only the newest matters.
+    buckets.append(KeyValueConfig(bucket=SNAPSHOTS_BUCKET, history=1, storage=StorageType.FILE, replicas=settings.replicas))
     for config in buckets:
         try:
             await js.key_value(config.bucket)

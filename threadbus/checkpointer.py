@@ -11,9 +11,21 @@ its ``RunStarted``: once the orchestrator has appended anything newer for the ru
 rollback) every append fails with :class:`RunSuperseded`, so a deposed executor cannot write
 state after the next run may have started.
 
-Reads: the newest checkpoint of a namespace is the newest by stream sequence; pending writes are
-applied in log order, the first write of a ``(task, idx >= 0)`` winning and the last one of a
-special negative index, as ``InMemorySaver`` does.
+With every checkpoint two small pointers are appended (``contracts.subjects``): the namespace's
+head (``...head.<ns>``: the run that wrote its newest checkpoint) and the checkpoint's ref
+(``...index.ckpt.<ns>.<id>``: the run that wrote it). They turn "the newest checkpoint" and
+"checkpoint <id>" into gets of a literal subject, whose cost on the broker does not grow with the
+thread's history, where a last-by-subject over ``run.*`` walks every run's subjects.
+
+Reads: the newest checkpoint of a namespace is the newest by stream sequence: the head's, unless
+its checkpoint is gone (rolled back, pruned, deleted for its run), when the wildcard over every run
+answers until the next checkpoint points the head again. ``list`` walks the log backwards from the
+newest (or from ``before``) in windows of sequences and decodes only the checkpoints it returns
+(and the metadata of those a ``filter`` rejects), newest by stream sequence first: the same as
+newest id first, since LangGraph's ids are time-ordered (uuid6) and made when saved. Pending
+writes are read from the writing run's ``RunStarted`` on and applied in log order, the first
+write of a ``(task, idx >= 0)`` winning and the last one of a special negative index, as
+``InMemorySaver`` does. A thread with no pointer at all (written before pointers existed) is read the old way.
 
 Records are filed under the run that wrote them: the guard's run, or for an unguarded saver
 ``metadata["run_id"]`` (how LangGraph names a checkpoint's run), so ``delete_for_runs`` is a
@@ -47,9 +59,14 @@ from langgraph.checkpoint.base import (
 
 import contracts
 from contracts import subjects
+from threadbus import metrics
 from threadbus.threadlog import Conflict, Entry, ThreadLog
 
 UNGUARDED_RUN = "_"
+ROOT_NS = ""
+# Sequences looked at by the first step of list's backward walk; each next step doubles it.
+_FIRST_WINDOW = 64
+
 
 
 class RunSuperseded(Exception):
@@ -94,10 +111,9 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
     # -- async API ----------------------------------------------------------------------------
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         conf = config["configurable"]
-        entry = await self.log.last(
-            subjects.checkpoints(conf["thread_id"], conf.get("checkpoint_ns", ""), get_checkpoint_id(config))
-        )
-        return await self._tuple(entry.event()) if entry else None
+        thread_id, ns, checkpoint_id = conf["thread_id"], conf.get("checkpoint_ns", ROOT_NS), get_checkpoint_id(config)
+        entry = await (self._by_id(thread_id, ns, checkpoint_id) if checkpoint_id else self._newest(thread_id, ns))
+        return await self._tuple(entry) if entry else None
 
     async def alist(
         self,
@@ -107,29 +123,83 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        if config is None:
-            source = subjects.checkpoints(None)
-        else:
-            conf = config["configurable"]
-            source = subjects.checkpoints(conf["thread_id"], conf.get("checkpoint_ns"), get_checkpoint_id(config))
-        # A checkpoint stored twice (a put or copy repeated after the dedup window) counts once.
-        newest: dict[tuple[str, str, str], Entry] = {}
-        for entry in await self.log.read(source):
-            newest[_checkpoint_key(entry.subject)] = entry
+        if limit is not None and limit <= 0:
+            return
         before_id = get_checkpoint_id(before) if before else None
+        if config is None:
+            async for item in self._list_everywhere(filter, before_id, limit):
+                yield item
+            return
+        conf = config["configurable"]
+        thread_id, ns, checkpoint_id = conf["thread_id"], conf.get("checkpoint_ns"), get_checkpoint_id(config)
+        if checkpoint_id is not None:
+            entry = await self._by_id(thread_id, ns, checkpoint_id)
+            if entry is not None and (before_id is None or checkpoint_id < before_id):
+                event = entry.event()
+                metadata = self._load(event.metadata)
+                if _matches(metadata, filter):
+                    yield await self._tuple(entry, event, metadata)
+            return
+        # The walk starts at the newest sequence that can hold a wanted checkpoint.
+        start = await self._by_id(thread_id, ns, before_id) if before_id is not None else None
+        if start is not None:
+            top = start.seq - 1
+        elif ns is not None:
+            newest = await self._newest(thread_id, ns)
+            if newest is None:
+                return
+            top = newest.seq
+        else:
+            top = await self.log.last_seq()
+        source = subjects.checkpoints(thread_id, ns)
+        seen: set[tuple[str, str, str]] = set()
+        remaining, window, floor = limit, max(_FIRST_WINDOW, 4 * (limit or 0)), None
+        while floor is None or top >= floor:
+            bottom = max(0, top - window)
+            for entry in reversed(await self.log.read(source, after=bottom, until=top)):
+                key = _checkpoint_key(entry.subject)
+                # A checkpoint stored twice (a put or copy repeated after the dedup window)
+                # counts once, as its newest copy.
+                if key in seen:
+                    continue
+                seen.add(key)
+                if before_id is not None and key[2] >= before_id:
+                    continue
+                event = entry.event()
+                metadata = self._load(event.metadata) if filter else None
+                if not _matches(metadata, filter):
+                    continue
+                yield await self._tuple(entry, event, metadata)
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining == 0:
+                        return
+            if floor is None:
+                # More to look for than the newest window held: the walk stops at the oldest.
+                floor = await self.log.next_seq(source, after=0) or top + 1
+            top, window = bottom, window * 2
+
+    async def _list_everywhere(
+        self, filter: dict[str, Any] | None, before_id: str | None, limit: int | None
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Every thread's checkpoints, newest id first: a maintenance read, O(every checkpoint)
+        in subjects, decoding only what it returns."""
+        newest: dict[tuple[str, str, str], Entry] = {}
+        for entry in await self.log.read(subjects.checkpoints(None)):
+            newest[_checkpoint_key(entry.subject)] = entry
         remaining = limit
         for key in sorted(newest, key=lambda k: k[2], reverse=True):
-            if remaining is not None and remaining <= 0:
-                return
             if before_id is not None and key[2] >= before_id:
                 continue
             event = newest[key].event()
             metadata = self._load(event.metadata)
-            if filter and any(metadata.get(k) != v for k, v in filter.items()):
+            if not _matches(metadata, filter):
                 continue
-            yield await self._tuple(event, metadata)
+            yield await self._tuple(newest[key], event, metadata)
             if remaining is not None:
                 remaining -= 1
+                if remaining == 0:
+                    return
 
     async def aput(
         self,
@@ -153,7 +223,8 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         )
         # A fresh id per call: append reuses it for the call's own retries, and a checkpoint saved
         # again later (a redelivered run, a copy after a delete) is a new record, read as the newest.
-        await self._append(subjects.checkpoint(thread_id, run, ns, checkpoint_id), event, str(uuid.uuid4()))
+        await self._append(subjects.checkpoint(thread_id, run, ns, checkpoint_id), contracts.encode(event), str(uuid.uuid4()))
+        await self._point(thread_id, run, ns, checkpoint_id)
         return _config(thread_id, ns, checkpoint_id)
 
     async def aput_writes(
@@ -180,13 +251,15 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         # Two calls with the same writes are distinct records (the reader dedups by (task, idx));
         # only the retries of one call must be deduplicated, and append reuses the id for those.
         await self._append(
-            subjects.writes_record(thread_id, self._run, ns, checkpoint_id, task_id), event, str(uuid.uuid4())
+            subjects.writes_record(thread_id, self._run, ns, checkpoint_id, task_id), contracts.encode(event), str(uuid.uuid4())
         )
 
     async def adelete_thread(self, thread_id: str) -> None:
         # The thread's control events stay: the thread and its runs are the orchestrator's.
         await self.log.purge(subjects.checkpoints(thread_id))
         await self.log.purge(subjects.writes(thread_id))
+        await self.log.purge(subjects.checkpoint_heads(thread_id))
+        await self.log.purge(subjects.checkpoint_refs(thread_id))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         for run_id in run_ids:
@@ -194,6 +267,8 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             for entry in await self.log.read(subjects.run_records(run_id, "ckpt")):
                 thread_id, ns, checkpoint_id = _checkpoint_key(entry.subject)
                 await self.log.purge(subjects.writes(thread_id, ns, checkpoint_id))
+                await self.log.purge(subjects.checkpoint_refs(thread_id, ns, checkpoint_id))
+            # A head left pointing at a purged checkpoint is read past (see the module's docstring).
             await self.log.purge(subjects.run_records(run_id, "ckpt"))
             await self.log.purge(subjects.run_records(run_id, "write"))
 
@@ -210,6 +285,8 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
                     target_thread_id, event.run_id, event.checkpoint_ns, event.checkpoint_id, event.task_id
                 )
             await self.log.append(subject, contracts.encode(event), msg_id=str(uuid.uuid4()))
+            if isinstance(event, contracts.CheckpointSaved):
+                await self._point(target_thread_id, event.run_id, event.checkpoint_ns, event.checkpoint_id)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``keep_latest`` keeps the newest checkpoint of each namespace (and its writes). Every
@@ -226,6 +303,7 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             for _, ns, checkpoint_id in set(stored) - set(kept.values()):
                 await self.log.purge(subjects.checkpoints(thread_id, ns, checkpoint_id))
                 await self.log.purge(subjects.writes(thread_id, ns, checkpoint_id))
+                await self.log.purge(subjects.checkpoint_refs(thread_id, ns, checkpoint_id))
 
     # -- sync API: delegated to the loop that owns the NATS connection ---------------------------
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
@@ -294,15 +372,15 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             )
         return asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop).result()
 
-    async def _append(self, subject: str, event: contracts.Event, msg_id: str) -> None:
+    async def _append(self, subject: str, payload: bytes, msg_id: str) -> None:
         guard = self.guard
         if guard is None:
-            await self.log.append(subject, contracts.encode(event), msg_id=msg_id)
+            await self.log.append(subject, payload, msg_id=msg_id)
             return
         try:
             await self.log.append(
                 subject,
-                contracts.encode(event),
+                payload,
                 msg_id=msg_id,
                 expect=guard.started_seq,
                 expect_filter=subjects.run_control(guard.thread_id, guard.run_id),
@@ -316,9 +394,50 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
     def _load(self, blob: contracts.TypedBlob) -> Any:
         return self.serde.loads_typed((blob.type, blob.data))
 
-    async def _pending_writes(self, thread_id: str, ns: str, checkpoint_id: str) -> list[PendingWrite]:
+    async def _point(self, thread_id: str, run: str, ns: str, checkpoint_id: str) -> None:
+        """Appends the checkpoint's ref and its namespace's head. Either may land before the
+        checkpoint is acknowledged or, after a crash, without it: a reader that finds a pointer
+        with no checkpoint behind it looks the slow way, which is never wrong."""
+        pointer = contracts.encode(
+            contracts.CheckpointPointer(thread_id=thread_id, run_id=run, checkpoint_ns=ns, checkpoint_id=checkpoint_id)
+        )
+        await asyncio.gather(
+            self._append(subjects.checkpoint_ref(thread_id, ns, checkpoint_id), pointer, str(uuid.uuid4())),
+            self._append(subjects.checkpoint_head(thread_id, ns), pointer, str(uuid.uuid4())),
+        )
+
+    async def _newest(self, thread_id: str, ns: str) -> Entry | None:
+        head = await self.log.last(subjects.checkpoint_heads(thread_id, ns))
+        if head is not None:
+            pointer = head.event()
+            entry = await self.log.last(subjects.stored_checkpoint(thread_id, pointer.run_id, ns, pointer.checkpoint_id))
+            if entry is not None:
+                return entry
+        elif ns != ROOT_NS and await self._has_pointers(thread_id):
+            return None  # the thread's checkpoints are all pointed at, and none is in this namespace
+        # No pointer yet, or the head's checkpoint is gone (rolled back, pruned): the slow way.
+        return await self.log.last(subjects.checkpoints(thread_id, ns))
+
+    async def _by_id(self, thread_id: str, ns: str | None, checkpoint_id: str) -> Entry | None:
+        ref = await self.log.last(subjects.checkpoint_refs(thread_id, ns, checkpoint_id))
+        if ref is not None:
+            pointer = ref.event()
+            # Gone when rolled back or deleted: saved again, it would have a newer ref.
+            return await self.log.last(
+                subjects.stored_checkpoint(thread_id, pointer.run_id, pointer.checkpoint_ns, checkpoint_id)
+            )
+        if await self._has_pointers(thread_id):
+            return None
+        return await self.log.last(subjects.checkpoints(thread_id, ns, checkpoint_id))
+
+    async def _has_pointers(self, thread_id: str) -> bool:
+        """Whether the thread's checkpoints were saved with pointers (its root namespace has a
+        head), so that a missing pointer means a missing checkpoint."""
+        return await self.log.last(subjects.checkpoint_heads(thread_id, ROOT_NS)) is not None
+
+    async def _pending_writes(self, thread_id: str, ns: str, checkpoint_id: str, after: int) -> list[PendingWrite]:
         applied: dict[tuple[str, int], tuple[str, str, contracts.TypedBlob]] = {}
-        for entry in await self.log.read(subjects.writes(thread_id, ns, checkpoint_id)):
+        for entry in await self.log.read(subjects.writes(thread_id, ns, checkpoint_id), after=after):
             record = entry.event()
             for write in record.writes:
                 key = (record.task_id, write.idx)
@@ -329,12 +448,34 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         ordered = sorted(applied.items(), key=lambda item: writes_sort_key(item[1][0], *item[0]))
         return [(task_id, channel, self._load(blob)) for (task_id, _), (_, channel, blob) in ordered]
 
-    async def _tuple(self, event: contracts.CheckpointSaved, metadata: Any = None) -> CheckpointTuple:
+    async def _tuple(
+        self, entry: Entry, event: contracts.CheckpointSaved | None = None, metadata: Any = None
+    ) -> CheckpointTuple:
+        event = entry.event() if event is None else event
         thread_id, ns = event.thread_id, event.checkpoint_ns
+        metrics.CHECKPOINTS_DECODED.inc()
         return CheckpointTuple(
             config=_config(thread_id, ns, event.checkpoint_id),
             checkpoint=self._load(event.checkpoint),
             metadata=self._load(event.metadata) if metadata is None else metadata,
             parent_config=_config(thread_id, ns, event.parent_checkpoint_id) if event.parent_checkpoint_id else None,
-            pending_writes=await self._pending_writes(thread_id, ns, event.checkpoint_id),
+            pending_writes=await self._pending_writes(
+                thread_id, ns, event.checkpoint_id, after=await self._writes_floor(entry)
+            ),
         )
+
+    async def _writes_floor(self, entry: Entry) -> int:
+        """A sequence that the writes made against the checkpoint come after. A run stores a
+        checkpoint in the background while its next tasks already write against it, so its writes
+        may precede it, but not the run's ``RunStarted``; writes of later runs come later still. A
+        checkpoint of no threadbus run (a state update, a graph run outside an executor) gives no
+        such bound: its writes are looked for from the start."""
+        run = subjects.run_of(entry.subject)
+        if run == UNGUARDED_RUN:
+            return 0
+        started = await self.log.last(subjects.run_event(subjects.thread_of(entry.subject), run, "RunStarted"))
+        return started.seq if started is not None and started.seq < entry.seq else 0
+
+
+def _matches(metadata: Any, filter: dict[str, Any] | None) -> bool:
+    return not filter or all(metadata.get(k) == v for k, v in filter.items())

@@ -29,6 +29,9 @@ PARTITIONS_HELD = Gauge("threadbus_orchestrator_partitions", "Thread partitions 
 EXECUTOR_SLOTS = Gauge("threadbus_executor_slots", "Runs this executor may execute at once.")
 EXECUTOR_BUSY = Gauge("threadbus_executor_busy_slots", "Runs this executor is executing.")
 REDELIVERIES = Counter("threadbus_run_redeliveries_total", "Runs delivered to an executor again (crash, timeout, stop not yet in the log).")
+CHECKPOINTS_DECODED = Counter(
+    "threadbus_checkpoints_decoded_total", "Checkpoints the checkpointer decoded to answer a read (get, list, history)."
+)
 STREAM_LAG_SECONDS = Histogram(
     "threadbus_stream_lag_seconds",
     "From an executor storing a stream event to a gateway relaying it.",

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
         default=6.0,
         description="An orchestrator that stops renewing its partitions' leases loses them after this long; another takes them over.",
     )
+    orchestrator_snapshot_every: int = Field(
+        default=64,
+        description="A busy thread's state is snapshotted after this many events (a settled one at once), so a cold start folds only the tail.",
+    )
     decision_timeout_s: float = Field(default=10.0, description="How long the gateway waits for the orchestrator's decision.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     log_format: Literal["auto", "json", "console"] = Field(

@@ -3,9 +3,11 @@
 Every thread is an append-only sequence of events in the ``TB_THREADS`` stream (subject layout
 in :mod:`contracts.subjects`). Four verbs, with exact semantics:
 
-``read(filter, after=seq, through=seq)``
-    Every stored message on ``filter`` with a stream sequence greater than ``after``, oldest
-    first, fetched with batched direct gets (no consumer is created). A snapshot: messages
+``read(filter, after=seq, through=seq, until=seq)``
+    Every stored message on ``filter`` with a stream sequence greater than ``after`` (and at
+    most ``until``), oldest first, fetched with batched direct gets (no consumer is created).
+    The broker starts looking at ``after``, so a read from a known sequence costs what comes
+    after it, not the stream's whole history. A snapshot: messages
     appended while it runs may or may not be included. On a replicated stream any replica
     answers a direct get, and a follower may not have applied the newest appends yet; a caller
     that knows the log holds sequence ``through`` on ``filter`` (it was delivered that event)
@@ -97,30 +99,33 @@ class ThreadLog:
         self.attempts = attempts
 
     # -- read ---------------------------------------------------------------------------------
-    async def read(self, filter_subject: str, after: int = 0, through: int = 0) -> list[Entry]:
+    async def read(self, filter_subject: str, after: int = 0, through: int = 0, until: int | None = None) -> list[Entry]:
         for attempt in range(_CATCH_UP_TRIES):
-            entries = await self._read(filter_subject, after)
+            entries = await self._read(filter_subject, after, until)
             if not through or (entries and entries[-1].seq >= through):
                 return entries
             await asyncio.sleep(0.01 * 2**attempt)
         # A replica that stays behind for this long is as good as no answer.
         raise nats.errors.TimeoutError
 
-    async def _read(self, filter_subject: str, after: int) -> list[Entry]:
+    async def _read(self, filter_subject: str, after: int, until: int | None) -> list[Entry]:
         out: list[Entry] = []
         start = after + 1
-        while True:
-            batch, pending = await self._direct_batch(filter_subject, start)
-            out.extend(batch)
+        while until is None or start <= until:
+            # A bounded read asks for no more than its range can hold.
+            size = _BATCH if until is None else min(_BATCH, until - start + 1)
+            batch, pending = await self._direct_batch(filter_subject, start, size)
+            out.extend(e for e in batch if until is None or e.seq <= until)
             if not batch or not pending:
-                return out
+                break
             start = batch[-1].seq + 1
+        return out
 
-    async def _direct_batch(self, filter_subject: str, start: int) -> tuple[list[Entry], int]:
+    async def _direct_batch(self, filter_subject: str, start: int, size: int = _BATCH) -> tuple[list[Entry], int]:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:
-            req = {"seq": start, "next_by_subj": filter_subject, "batch": _BATCH}
+            req = {"seq": start, "next_by_subj": filter_subject, "batch": size}
             await self.nc.publish(f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(req).encode(), reply=inbox)
             entries: list[Entry] = []
             while True:
@@ -144,6 +149,16 @@ class ThreadLog:
         except nats.js.errors.NotFoundError:
             return False
         return True
+
+    async def at(self, seq: int) -> Entry | None:
+        """The message stored at ``seq``, or None when there is none (purged), asked of the
+        stream's leader."""
+        try:
+            msg = await self.js.get_msg(self.stream, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        h = msg.headers or {}
+        return Entry(seq=msg.seq, subject=msg.subject, data=msg.data or b"", msg_id=h.get("Nats-Msg-Id"), time=msg.time)
 
     async def next_seq(self, filter_subject: str, after: int) -> int | None:
         """The sequence of the first stored message on ``filter_subject`` after ``after``, or None."""

@@ -19,7 +19,7 @@ from services.gateway.backend import Backend
 from services.gateway.webhooks import WebhookSender
 from threadbus import broker, logs, metrics
 from threadbus.graphs import GraphRegistry
-from threadbus.read_model.database import DatabaseUnavailable
+from threadbus.read_model.database import DatabaseUnavailable, UnstorableValue
 from threadbus.settings import Settings
 
 log = logs.get("threadbus.gateway")
@@ -61,6 +61,10 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
     async def database_away(request: Request, exc: DatabaseUnavailable):
         log.warning("read model database unavailable", path=request.url.path, error=str(exc)[:200])
         return JSONResponse({"detail": f"The read model's database is unavailable; try again shortly ({exc})"}, status_code=503)
+
+    @app.exception_handler(UnstorableValue)
+    async def unstorable(request: Request, exc: UnstorableValue):
+        return JSONResponse({"detail": _error_list(f"A value cannot be searched for: {exc}", ["body"])}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):

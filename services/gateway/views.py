@@ -1,14 +1,11 @@
-"""Read views derived from the thread log on request.
-
-Run and thread statuses are the fold of the thread's control events with the orchestrator's own
-``evolve``, so a client reads its own writes (a ``GET`` right after a ``join`` sees ``success``)
-and there is no second copy of the truth to drift.
-"""
+"""What the gateway shows that is not a read model row: how a run ends (from its own control
+events), one run's view from its own events (for webhooks), and LangGraph state snapshots as the
+API shows them."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +15,7 @@ import contracts
 from contracts import subjects
 from threadbus.thread_state import ThreadState, evolve
 from threadbus.jsonable import jsonable
+from threadbus.read_model import projection, rows
 from threadbus.threadlog import ThreadLog
 
 
@@ -28,41 +26,33 @@ class RunRecord:
     outcome: contracts.Event | None = None
 
 
-@dataclass
-class ThreadRuns:
-    state: ThreadState
-    runs: dict[str, RunRecord] = field(default_factory=dict)
-    last_outcome: contracts.Event | None = None
-
-    def status_of(self, run_id: str) -> str | None:
-        return self.state.statuses.get(run_id)
-
-    def run_objects(self) -> list[dict[str, Any]]:
-        return [run_object(rec, self.state.statuses[rid]) for rid, rec in self.runs.items() if rid in self.state.statuses]
-
-
-async def thread_runs(log: ThreadLog, thread_id: str) -> ThreadRuns:
-    entries = await log.read(subjects.thread_control(thread_id))
-    view = ThreadRuns(state=ThreadState(thread_id=thread_id))
-    for entry in entries:
+async def run_view(
+    log: ThreadLog, thread_id: str, run_id: str, *, after: int = 0, seen: tuple[int, contracts.Event] | None = None
+) -> tuple[RunRecord, str] | None:
+    """One run and its status from the run's own control events (those after ``after``, which
+    must include its ``RunRequested``), without reading the rest of the thread: a run's status
+    depends on its own events only. ``seen`` is an event of the run the caller was delivered, folded
+    in when a lagging replica's read does not include it yet. None when the run is not in the log,
+    or is being rolled back."""
+    events = []
+    for entry in await log.read(subjects.run_control(thread_id, run_id), after=after):
         try:
-            event = entry.event()
+            events.append((entry.seq, entry.event()))
         except msgspec.DecodeError:
             continue
-        view.state = evolve(view.state, event, entry.seq)
-        match event:
-            case contracts.RunRequested() if event.run_id in view.runs:
-                pass  # the same request published again: decided once (evolve), shown once
-            case contracts.RunRequested():
-                view.runs[event.run_id] = RunRecord(requested=event, updated_at=event.at)
-            case contracts.ThreadDeleted():
-                view.runs.clear()
-            case _ if (run_id := getattr(event, "run_id", None)) in view.runs:
-                view.runs[run_id].updated_at = event.at
-                if isinstance(event, contracts.TERMINAL_EVENTS):
-                    view.runs[run_id].outcome = event
-                    view.last_outcome = event
-    return view
+    if seen is not None and (not events or events[-1][0] < seen[0]):
+        events.append(seen)
+    state, record = ThreadState(thread_id=thread_id), None
+    for seq, event in events:
+        state = evolve(state, event, seq)
+        if isinstance(event, contracts.RunRequested):
+            record = RunRecord(requested=event, updated_at=event.at)
+        elif record is not None:
+            record.updated_at = event.at
+            if isinstance(event, contracts.TERMINAL_EVENTS):
+                record.outcome = event
+    status = state.statuses.get(run_id)
+    return (record, status) if record is not None and status is not None else None
 
 
 async def outcome(events: AsyncIterator[contracts.Event]) -> contracts.Event:
@@ -79,18 +69,7 @@ async def outcome(events: AsyncIterator[contracts.Event]) -> contracts.Event:
 
 
 def run_object(record: RunRecord, status: str) -> dict[str, Any]:
-    req = record.requested
-    return {
-        "run_id": req.run_id,
-        "thread_id": req.thread_id,
-        "assistant_id": req.assistant_id,
-        "created_at": req.at.isoformat(),
-        "updated_at": record.updated_at.isoformat(),
-        "status": status,
-        "metadata": req.metadata,
-        "multitask_strategy": req.multitask_strategy,
-        "kwargs": msgspec.to_builtins(req.kwargs),
-    }
+    return rows.run_object(projection.run_row(record.requested, status, record.updated_at))
 
 
 def checkpoint_object(config: dict[str, Any] | None) -> dict[str, Any] | None:

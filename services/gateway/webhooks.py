@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import msgspec
 import nats.errors
 import structlog
 
@@ -60,14 +61,22 @@ class WebhookSender:
             return
         thread_id, run_id = outcome.thread_id, outcome.run_id
         with structlog.contextvars.bound_contextvars(thread_id=thread_id, run_id=run_id):
-            runs = await views.thread_runs(self.backend.log, thread_id)
-            record = runs.runs.get(run_id)
-            if record is None or not record.requested.kwargs.webhook:
+            # Most runs have no webhook: one literal get of the request tells, whatever the
+            # thread's length; the run's other events are read only for a run that has one.
+            requested = await self.backend.log.last(subjects.run_event(thread_id, run_id, "RunRequested"))
+            if requested is None or not _webhook_of(requested):
                 await msg.ack()
                 return
+            view = await views.run_view(
+                self.backend.log, thread_id, run_id, after=requested.seq - 1, seen=(msg.metadata.sequence.stream, outcome)
+            )
+            if view is None:  # deleted or rolled back since it ended
+                await msg.ack()
+                return
+            record, status = view
             url = record.requested.kwargs.webhook
             body = {
-                **views.run_object(record, runs.status_of(run_id) or "success"),
+                **views.run_object(record, status),
                 "values": await self.backend.runs.result_values(thread_id, outcome),
                 "webhook_sent_at": contracts.now().isoformat(),
             }
@@ -87,3 +96,11 @@ class WebhookSender:
                 # A stateless run's thread was kept for this call (the executor leaves it).
                 await self.backend.log.delete_thread(thread_id)
             await msg.ack()
+
+
+def _webhook_of(entry) -> str | None:
+    try:
+        event = entry.event()
+    except msgspec.DecodeError:
+        return None
+    return event.kwargs.webhook if isinstance(event, contracts.RunRequested) else None

@@ -5,8 +5,9 @@ partitions whose lease it holds (:mod:`services.orchestrator.leases`), each from
 ``orchestrator-p<k>`` consumer that it recreates on taking the partition over, starting at the
 first event the previous holder did not acknowledge. Messages that are waiting are taken
 together, grouped by thread, and the threads are handled concurrently, each in log order. A
-thread's state is cached in memory and rebuilt from its log on first sight, so a restart loses
-nothing (DESIGN invariant 6).
+thread's state is cached in memory and, on first sight, folded from its snapshot and the log's
+tail after it (:mod:`services.orchestrator.snapshots`), so a restart loses nothing (DESIGN
+invariant 6) and a cold start costs the tail, not the thread's history.
 
 Decisions are appended one at a time with an expected-sequence check over the thread's control
 events: if anything was appended since the state was folded, the append is refused, the state
@@ -33,6 +34,7 @@ from contracts import subjects
 from services.orchestrator.decider import next_decision
 from threadbus.thread_state import ThreadState, evolve, fold
 from services.orchestrator.leases import Leases
+from services.orchestrator.snapshots import Snapshots, worth_saving
 from threadbus import broker, logs, metrics, thread_events
 from threadbus.admission import Admission
 from threadbus.read_model.database import Database
@@ -56,6 +58,9 @@ class Orchestrator:
         self.log = ThreadLog(nc)
         self.admission = Admission(nc.jetstream())
         self.states: OrderedDict[str, ThreadState] = OrderedDict()
+        # thread -> events delivered since its last snapshot, for the threads in ``states``
+        self.unsaved: dict[str, int] = {}
+        self.snapshots = Snapshots(nc.jetstream())
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # partition -> the task that subscribes to it and holds the subscription; taking a
@@ -209,6 +214,7 @@ class Orchestrator:
     def _forget_states(self) -> None:
         self.epoch += 1
         self.states.clear()
+        self.unsaved.clear()
 
     async def _enqueue(self, msg) -> None:
         self.received[subjects.partition_of(msg.subject)] += 1
@@ -246,7 +252,10 @@ class Orchestrator:
             epoch = self.epoch
             state = self.states.get(thread_id)
             if state is None:
-                state = await self._load(thread_id, through=max(m.metadata.sequence.stream for m in msgs))
+                state = await self._cold_start(thread_id, through=max(m.metadata.sequence.stream for m in msgs))
+            # Our own decisions come back as delivered events too: counting deliveries counts them.
+            unsaved = self.unsaved.get(thread_id, 0) + len(msgs)
+            deleted = False
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
                 if seq <= state.seq:
@@ -257,18 +266,54 @@ class Orchestrator:
                     await broker.dead_letter(self.nc, "orchestrator", msg, str(err))
                     continue
                 state = evolve(state, event, seq)
+                deleted = isinstance(event, contracts.ThreadDeleted)
             state = await self._settle(state)
             if epoch == self.epoch:
                 self._remember(state)
+                self.unsaved[thread_id] = await self._snapshot(state, unsaved, deleted)
+
+    async def _cold_start(self, thread_id: str, through: int) -> ThreadState:
+        """The thread's state from its snapshot and the log's tail after it. A snapshot whose
+        sequence does not hold one of the thread's events is not of this log (a stream created
+        anew under the bucket) or its event was compacted away: the thread is folded from the start."""
+        snapshot = await self.snapshots.load(thread_id)
+        if snapshot is not None and snapshot.seq:
+            event = await self.log.at(snapshot.seq)
+            if event is None or subjects.thread_of(event.subject) != thread_id:
+                log.info("snapshot does not match the log; folding the thread from the start", snapshot_seq=snapshot.seq)
+                return await self._load(thread_id, through)
+        return await self._fold_tail(snapshot or ThreadState(thread_id=thread_id), through)
 
     async def _load(self, thread_id: str, through: int = 0) -> ThreadState:
-        """The thread's state folded from its log, which holds at least sequence ``through``: a
+        """The thread's state folded from the start of its log, when the view we had was refused:
+        its snapshot, which may be what was wrong, is dropped."""
+        await self.snapshots.drop(thread_id)
+        return await self._fold_tail(ThreadState(thread_id=thread_id), through)
+
+    async def _fold_tail(self, state: ThreadState, through: int) -> ThreadState:
+        """``state`` and the thread's log after it, which holds at least sequence ``through``: a
         state folded from a lagging replica and then fed a newer event would pass the
         expected-sequence check with a gap in its view."""
-        entries = await self.log.read(subjects.thread_control(thread_id), through=through)
+        entries = await self.log.read(
+            subjects.thread_control(state.thread_id), after=state.seq, through=through if through > state.seq else 0
+        )
         events = list(_decoded(entries))
-        await self._finish_compactions(thread_id, events)
-        return fold(ThreadState(thread_id=thread_id), events)
+        await self._finish_compactions(state.thread_id, events)
+        return fold(state, events)
+
+    async def _snapshot(self, state: ThreadState, unsaved: int, deleted: bool) -> int:
+        """Saves (or, for a deleted thread, drops) the thread's snapshot when it is due; returns
+        the events left unsaved. A snapshot that cannot be written now is written later."""
+        try:
+            if deleted:
+                await self.snapshots.drop(state.thread_id)
+                return 0
+            if worth_saving(state, unsaved, self.settings.orchestrator_snapshot_every):
+                await self.snapshots.save(state)
+                return 0
+        except broker.UNREACHABLE as err:
+            log.warning("snapshot not written; trying again later", error=repr(err))
+        return unsaved
 
     async def _finish_compactions(self, thread_id: str, events: list[tuple[int, contracts.Event]]) -> None:
         """Compact again the runs rolled back since the thread's last start.
@@ -335,7 +380,8 @@ class Orchestrator:
         self.states[state.thread_id] = state
         self.states.move_to_end(state.thread_id)
         while len(self.states) > _CACHE_SIZE:
-            self.states.popitem(last=False)
+            evicted, _ = self.states.popitem(last=False)
+            self.unsaved.pop(evicted, None)
 
 
 def _answered_request(state: ThreadState) -> contracts.RunRequested | None:

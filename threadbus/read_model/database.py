@@ -27,6 +27,10 @@ class DatabaseUnavailable(Exception):
     """The read model's database cannot be reached (or did not answer in time)."""
 
 
+class UnstorableValue(ValueError):
+    """A query value PostgreSQL cannot hold (a NUL character, half of a surrogate pair)."""
+
+
 def migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration, in order."""
     found = []
@@ -89,3 +93,5 @@ class Database:
                 yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as err:
             raise DatabaseUnavailable(str(err).strip() or type(err).__name__) from err
+        except (psycopg.DataError, UnicodeEncodeError) as err:
+            raise UnstorableValue(str(err).strip().splitlines()[0]) from err
