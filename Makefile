@@ -28,6 +28,7 @@ bench: install
 	$(BIN)/python bench/double_texting.py
 	$(BIN)/python bench/streaming.py
 	$(BIN)/python bench/history.py $(if $(REFERENCE),--reference $(REFERENCE))
+	$(BIN)/python bench/store.py $(if $(REFERENCE),--reference $(REFERENCE))
 
 clean:
 	rm -rf $(VENV) .threadbus .pytest_cache

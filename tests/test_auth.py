@@ -123,3 +123,54 @@ async def test_auth_on_handlers_label_threads_refuse_deletes_and_scope_the_store
     assert (await bert.store.get_item(["notes"], "n1"))["namespace"] == ["bert", "notes"]
     # Under the auditor's own namespace there is no such item: null, as LangGraph Platform answers.
     assert await auditor.store.get_item(["notes"], "n1") is None
+
+
+async def test_auth_on_assistants_hides_others_assistants_and_refuses_updates(hooked):
+    alice, bob, viewer = as_user(hooked, "alice"), as_user(hooked, "bob"), as_user(hooked, "viewer")
+    mine = await alice.assistants.create("echo", name="alice's", metadata={"purpose": "test"})
+    assert mine["metadata"] == {"purpose": "test", "owner": "alice"}
+    assert (await alice.assistants.get(mine["assistant_id"]))["name"] == "alice's"
+    assert [a["assistant_id"] for a in await alice.assistants.search(graph_id="echo")] == [mine["assistant_id"]]
+
+    # Specific over resource: update has its own handler, read/search/count/delete the resource's.
+    with pytest.raises(NotFoundError):
+        await bob.assistants.get(mine["assistant_id"])
+    assert mine["assistant_id"] not in [a["assistant_id"] for a in await bob.assistants.search()]
+    assert await bob.assistants.count() == 0 and await alice.assistants.count() == 1
+    with pytest.raises(NotFoundError):
+        await bob.assistants.update(mine["assistant_id"], name="bob's now")
+    with pytest.raises(NotFoundError):
+        await bob.assistants.delete(mine["assistant_id"])
+    with pytest.raises(NotFoundError):
+        await bob.assistants.get_schemas(mine["assistant_id"])
+
+    theirs = await viewer.assistants.create("echo", name="viewer's")
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        await viewer.assistants.update(theirs["assistant_id"], name="renamed")
+    assert err.value.response.status_code == 403
+    assert (await viewer.assistants.get(theirs["assistant_id"]))["name"] == "viewer's"
+    assert (await alice.assistants.update(mine["assistant_id"], name="renamed"))["name"] == "renamed"
+
+
+async def test_auth_on_crons_filters_search_count_and_updates(hooked):
+    alice, viewer = as_user(hooked, "alice"), as_user(hooked, "viewer")
+    cron = await alice.crons.create("echo", schedule="0 0 1 1 *", input=HI, metadata={"job": "yearly"})
+    assert cron["metadata"] == {"job": "yearly", "team": "red"}
+    assert [c["cron_id"] for c in await alice.crons.search()] == [cron["cron_id"]]
+    assert await alice.crons.count() == 1
+
+    # A cron the filters exclude is gone for its own creator too: hidden from search and count,
+    # 404 on update and delete.
+    async with httpx.AsyncClient(base_url=hooked.url, headers={"Authorization": "Bearer token-alice"}) as http:
+        moved = await http.patch(f"/runs/crons/{cron['cron_id']}", json={"metadata": {"team": "blue"}})
+        assert moved.status_code == 200, moved.text
+        assert (await http.patch(f"/runs/crons/{cron['cron_id']}", json={"enabled": False})).status_code == 404
+    assert await alice.crons.search() == [] and await alice.crons.count() == 0
+    with pytest.raises(NotFoundError):
+        await alice.crons.delete(cron["cron_id"])
+
+    theirs = await viewer.crons.create("echo", schedule="0 0 1 1 *", input=HI)
+    async with httpx.AsyncClient(base_url=hooked.url, headers={"Authorization": "Bearer token-viewer"}) as http:
+        refused = await http.patch(f"/runs/crons/{theirs['cron_id']}", json={"enabled": False})
+    assert refused.status_code == 403
+    await viewer.crons.delete(theirs["cron_id"])

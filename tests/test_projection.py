@@ -68,11 +68,14 @@ def as_kept(log: list) -> list[tuple[int, object]]:
 
 
 ENDING = st.sampled_from(["keep", "delete_runs", "delete_thread"])
+# Where a lagging projector reads the log, as fractions of its length: it sees what the broker
+# keeps at that moment, after the position it has reached.
+READS = st.lists(st.floats(min_value=0, max_value=1), max_size=6)
 
 
 @settings(max_examples=300, deadline=None)
-@given(SCENARIO, ENDING)
-def test_the_live_projection_agrees_with_the_decider_and_a_rebuild_equals_it(scenario, ending):
+@given(SCENARIO, ENDING, READS)
+def test_the_live_projection_agrees_with_the_decider_and_a_rebuild_equals_it(scenario, ending, reads):
     paused_policy, batches = scenario
     sim = Simulation(paused_policy)
     sim.thread.append(contracts.ThreadCreated(thread_id=TID, metadata={"owner": "a"}))
@@ -103,6 +106,16 @@ def test_the_live_projection_agrees_with_the_decider_and_a_rebuild_equals_it(sce
     for seq, event in as_kept(sim.thread.log):
         rebuilt.apply(seq, event)
     assert rebuilt.snapshot() == live.snapshot(), differences(rebuilt.snapshot(), live.snapshot())
+
+    # A projector behind the log reads part of it, then more once compactions removed some of
+    # what it had not read yet, and so on: it ends where the others do.
+    lagging, position = Tables(), 0
+    for cut in [*sorted(int(f * len(sim.thread.log)) for f in reads), len(sim.thread.log)]:
+        for seq, event in as_kept(sim.thread.log[:cut]):
+            if seq > position:
+                lagging.apply(seq, event)
+                position = seq
+    assert lagging.snapshot() == live.snapshot(), differences(lagging.snapshot(), live.snapshot())
 
 
 def test_a_redelivered_event_changes_nothing():

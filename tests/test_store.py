@@ -106,17 +106,127 @@ async def test_invalid_namespace_labels_are_422(client):
     assert res.status_code == 422
 
 
-async def test_semantic_search_is_not_built_and_says_so(nats_url):
+async def test_semantic_search_ranks_items_put_over_http_by_meaning(client):
+    ns = ["semantic", unique()]
+    await client.store.put_item(ns, "milk", {"text": "buy milk and bread for dinner"})
+    await client.store.put_item(ns, "vet", {"text": "take the cat to the vet"})
+    await client.store.put_item(ns, "paris", {"text": "book a flight to paris"})
+    await client.store.put_item(ns, "pizza", {"text": "pizza with extra cheese", "kind": "recipe"})
+
+    found = (await client.store.search_items(ns, query="what food should I eat", limit=2))["items"]
+    assert {i["key"] for i in found} == {"milk", "pizza"}
+    assert found[0]["score"] >= found[1]["score"] > 0
+    ranked = (await client.store.search_items(ns, query="my dog needs a pet vet", limit=10))["items"]
+    assert ranked[0]["key"] == "vet" and len(ranked) == 4
+    assert [i["score"] for i in ranked] == sorted((i["score"] for i in ranked), reverse=True)
+
+    # A filter narrows the ranked search; offset pages it.
+    narrowed = (await client.store.search_items(ns, query="food", filter={"kind": "recipe"}))["items"]
+    assert [i["key"] for i in narrowed] == ["pizza"]
+    second = (await client.store.search_items(ns, query="my dog needs a pet vet", limit=1, offset=1))["items"]
+    assert [i["key"] for i in second] == [ranked[1]["key"]]
+
+    # Changing an item re-embeds it; deleting it drops it from the results.
+    await client.store.put_item(ns, "vet", {"text": "cheese and pasta for the hungry"})
+    found = (await client.store.search_items(ns, query="food to eat", limit=3))["items"]
+    assert {i["key"] for i in found} == {"milk", "pizza", "vet"}
+    await client.store.delete_item(ns, "milk")
+    found = (await client.store.search_items(ns, query="food to eat", limit=3))["items"]
+    assert "milk" not in {i["key"] for i in found} and found[0]["key"] in {"pizza", "vet"}
+
+
+async def test_items_put_with_index_false_are_stored_but_not_ranked(client):
+    ns = ["unranked", unique()]
+    await client.store.put_item(ns, "hidden", {"text": "pizza pasta cheese dinner"}, index=False)
+    await client.store.put_item(ns, "shown", {"text": "a flight to paris"})
+    assert (await client.store.get_item(ns, "hidden"))["value"]["text"].startswith("pizza")
+    found = (await client.store.search_items(ns, query="pizza dinner"))["items"]
+    # As in LangGraph's in-memory store: ranked items first, unembedded ones after, unscored.
+    assert [(i["key"], i["score"] is None) for i in found] == [("shown", False), ("hidden", True)]
+
+
+async def test_a_put_may_name_the_fields_it_is_embedded_by(client):
+    ns = ["fields", unique()]
+    await client.store.put_item(ns, "titled", {"title": "my cat", "body": "pizza pizza pizza"}, index=["title"])
+    await client.store.put_item(ns, "whole", {"title": "notes", "body": "pizza for dinner"})
+    found = (await client.store.search_items(ns, query="pizza"))["items"]
+    assert [i["key"] for i in found] == ["whole", "titled"]
+    assert found[1]["score"] < found[0]["score"]
+
+
+async def test_graph_runs_write_memories_found_by_meaning_over_http_and_in_another_run(client):
+    user = unique()
+    for text in ("walk the dog and feed the kitten", "finish the project report before the deadline", "python bug on the server"):
+        await client.runs.wait(None, "notes", input={"user": user, "text": text})
+    found = (await client.store.search_items(["notes", user], query="my pets", limit=1))["items"]
+    assert found[0]["value"]["text"] == "walk the dog and feed the kitten" and found[0]["score"] > 0
+    thread = (await client.threads.create())["thread_id"]
+    result = await client.runs.wait(thread, "notes", input={"user": user, "query": "work meeting with my boss"})
+    assert result["found"][0]["text"] == "finish the project report before the deadline"
+    assert len(result["found"]) == 3
+
+
+async def test_filters_and_values_the_index_cannot_hold_are_422_and_do_not_stop_it(client):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=str(client.http.client.base_url)) as http:
+        res = await http.post("/store/items/search", json={"namespace_prefix": ["x"], "filter": {"n": {"$regex": "a"}}})
+        assert res.status_code == 422
+        res = await http.post("/store/items/search", json={"namespace_prefix": ["x"], "filter": {"n": "a\u0000"}})
+        assert res.status_code == 422
+        res = await http.put("/store/items", json={"namespace": ["nul", "x"], "key": "k", "value": {"t": "a\u0000"}})
+        assert res.status_code == 422
+    ns = ["after", unique()]
+    await client.store.put_item(ns, "k", {"text": "still indexed"})
+    assert [i["key"] for i in (await client.store.search_items(ns))["items"]] == ["k"]
+
+
+async def test_a_bucket_item_the_index_cannot_hold_is_skipped_and_indexing_goes_on(client, nats_url):
+    # Written straight into the bucket, as a writer older than the put check could have.
+    from datetime import datetime, timezone
+
     import nats as nats_client
+    import orjson
 
     from threadbus.broker import STORE_BUCKET
-    from threadbus.store import JetStreamStore, SemanticSearchNotBuilt
+    from threadbus.store import kv_key
 
+    now = datetime.now(timezone.utc).isoformat()
+    poisoned = ("poison", unique())
     nc = await nats_client.connect(nats_url)
     try:
-        store = JetStreamStore(await nc.jetstream().key_value(STORE_BUCKET), index={"dims": 4, "embed": "fake"})
-        with pytest.raises(SemanticSearchNotBuilt):
-            await store.asearch(("docs",), query="anything")
-        assert await store.asearch(("docs", unique())) == []  # without a query, search works
+        kv = await nc.jetstream().key_value(STORE_BUCKET)
+        record = {"namespace": list(poisoned), "key": "k", "value": {"t": "a\x00"}, "created_at": now, "updated_at": now}
+        await kv.put(kv_key(poisoned, "k"), orjson.dumps(record))
     finally:
         await nc.close()
+    ns = ["after", unique()]
+    await client.store.put_item(ns, "k", {"text": "indexed after the bad one"})
+    assert [i["key"] for i in (await client.store.search_items(ns))["items"]] == ["k"]
+    assert (await client.store.search_items(list(poisoned)))["items"] == []
+
+
+FILTER_ITEMS = {
+    "a": {"n": 1, "s": "x", "tags": ["a", "b"], "o": {"p": 1, "q": "z"}, "b": True},
+    "b": {"n": 2.5, "s": "y", "tags": ["a"], "o": {"p": 2}, "b": False},
+    "c": {"n": 10, "s": "x", "tags": [], "o": {"p": 1, "q": "w"}, "b": True},
+}
+FILTERS = [
+    {"s": "x"}, {"n": 1}, {"n": 1.0}, {"n": {"$gt": 1}}, {"n": {"$gte": 1, "$lt": 10}}, {"n": {"$lte": 2.5}},
+    {"s": {"$ne": "x"}}, {"s": {"$eq": "y"}}, {"tags": ["a"]}, {"tags": ["a", "b"]}, {"tags": []}, {"o": {"p": 1}},
+    {"o": {"p": 1, "q": "w"}}, {"b": True}, {"s": "x", "n": {"$gt": 5}}, {"o": {"p": {"$gt": 1}}}, {"s": "nope"},
+]
+
+
+async def test_filters_select_what_langgraphs_in_memory_store_selects(client):
+    from langgraph.store.memory import InMemoryStore
+
+    reference = InMemoryStore()
+    ns = ["filters", unique()]
+    for key, value in FILTER_ITEMS.items():
+        await client.store.put_item(ns, key, value)
+        await reference.aput(tuple(ns), key, value)
+    for condition in FILTERS:
+        ours = sorted(i["key"] for i in (await client.store.search_items(ns, filter=condition, limit=100))["items"])
+        expected = sorted(i.key for i in await reference.asearch(tuple(ns), filter=condition, limit=100))
+        assert ours == expected, f"filter {condition}: {ours}, LangGraph's in-memory store: {expected}"

@@ -38,6 +38,10 @@ STREAM_LAG_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30),
 )
 
+STORE_INDEX_QUERIES = Counter(
+    "threadbus_store_index_queries_total", "Statements run against the store's search index, by query.", ["query"]
+)
+
 
 def add_routes(app: FastAPI, is_connected, guard=None) -> None:
     """``/metrics``, ``/ok`` and ``/ready`` on ``app``; ``is_connected()`` says whether NATS is.

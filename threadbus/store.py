@@ -14,13 +14,15 @@ carries the revision it read; if another run wrote the item in between, the put 
 :class:`StoreConflict` (the run fails with that reason) instead of silently overwriting.
 Puts of items the run did not read, and puts through the HTTP API, are plain writes.
 
-TTL: expired items read as absent and are deleted when met; ``refresh_ttl`` on a read moves
-the expiry. Semantic search (``index``) is not built: a search with ``query`` on a store
-configured with an index raises :class:`SemanticSearchNotBuilt`; without an index, ``query`` is
-ignored as LangGraph's own stores do.
+TTL: expired items read as absent and are deleted when met, or by the sweep
+(``store.ttl.sweep_interval_minutes``); ``refresh_ttl`` on a read moves the expiry.
 
-Search and namespace listing read every key under the prefix: fine for the per-user memories
-the Store is for, not for millions of items under one prefix.
+Search and namespace listing are answered by the search index
+(:mod:`threadbus.read_model.store_index`), a projection of the bucket in PostgreSQL that a
+search first lets catch up with the bucket. With ``store.index`` configured
+(:mod:`threadbus.store_embeddings`), every put embeds the item's fields once, in the writer,
+and stores the embeddings in the record, and a search with ``query`` ranks by similarity;
+without one, ``query`` is ignored, as LangGraph's own stores do.
 """
 
 from __future__ import annotations
@@ -47,10 +49,9 @@ from langgraph.store.base import (
 )
 
 from threadbus import broker
-
-# The matching rules of LangGraph's reference store, so that filters and namespace conditions
-# behave exactly as they do in-process.
-from langgraph.store.memory import _compare_values, _does_match
+from threadbus.read_model.database import Database
+from threadbus.read_model.store_index import StoreIndex
+from threadbus.store_embeddings import Embedder, load_embedder
 
 _PLAIN = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -59,8 +60,8 @@ class StoreConflict(RuntimeError):
     """An item this run read was changed by someone else before this run wrote it."""
 
 
-class SemanticSearchNotBuilt(NotImplementedError):
-    pass
+class InvalidItem(ValueError):
+    """An item the search index could not hold (PostgreSQL text and jsonb have no NUL)."""
 
 
 def part(label: str) -> str:
@@ -74,36 +75,27 @@ def kv_key(namespace: tuple[str, ...], key: str) -> str:
     return ".".join([*(part(n) for n in namespace), part(key)])
 
 
-def _matches(value: dict[str, Any], conditions: dict[str, Any]) -> bool:
-    """LangGraph's filter rules, except that an item without the field, or with a value the
-    operator cannot compare, does not match (the reference store raises on those)."""
-    try:
-        return all(k in value and _compare_values(value[k], v) for k, v in conditions.items())
-    except (TypeError, ValueError):
-        return False
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _item(record: dict[str, Any], cls=Item, **extra) -> Item:
-    return cls(
+def _item(record: dict[str, Any]) -> Item:
+    return Item(
         namespace=tuple(record["namespace"]),
         key=record["key"],
         value=record["value"],
         created_at=datetime.fromisoformat(record["created_at"]),
         updated_at=datetime.fromisoformat(record["updated_at"]),
-        **extra,
     )
 
 
 class JetStreamStore(BaseStore):
     supports_ttl = True
 
-    def __init__(self, kv, *, index: dict | None = None, ttl: dict | None = None):
+    def __init__(self, kv, search_index: StoreIndex, *, embedder: Embedder | None = None, ttl: dict | None = None):
         self.kv = kv
-        self.index = index
+        self.search_index = search_index
+        self.embedder = embedder
         # LangGraph's TTLConfig: `default_ttl` (minutes) and `refresh_on_read` (BaseStore reads it).
         self.ttl_config = ttl
         self.default_ttl_minutes = (ttl or {}).get("default_ttl")
@@ -116,7 +108,7 @@ class JetStreamStore(BaseStore):
 
     def for_run(self) -> JetStreamStore:
         """A store for one run: the revisions it reads guard its writes."""
-        store = JetStreamStore(self.kv, index=self.index, ttl=self.ttl_config)
+        store = JetStreamStore(self.kv, self.search_index, embedder=self.embedder, ttl=self.ttl_config)
         store._read = {}
         return store
 
@@ -196,7 +188,12 @@ class JetStreamStore(BaseStore):
                 await self.kv.delete(key, last=read or None)
                 return
             current, _ = await self._record(key)
-            payload = orjson.dumps(self._new_record(op, current))
+            record = self._new_record(op, current)
+            if self.embedder is not None and (vectors := await self.embedder.embed(op.value, op.index)):
+                record["vectors"] = vectors
+            payload = orjson.dumps(record)
+            if b"\\u0000" in payload:
+                raise InvalidItem(f"Store item {op.namespace}/{op.key}: labels, keys and values cannot contain NUL")
             if read is None:
                 await self.kv.put(key, payload)
             else:
@@ -222,51 +219,51 @@ class JetStreamStore(BaseStore):
             record["expires_at"] = (now + timedelta(minutes=ttl)).isoformat()
         return record
 
-    async def _records(self, prefix: tuple[str, ...]) -> list[dict[str, Any]]:
-        """Every live item under the namespace prefix, read in one pass of a KV watcher."""
-        watcher = await self.kv.watch(".".join([*(part(n) for n in prefix), ">"]), ignore_deletes=True)
-        records = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the watcher's "caught up" marker
-                    break
-                record = orjson.loads(entry.value)
-                if (expires := record.get("expires_at")) and datetime.fromisoformat(expires) <= _now():
-                    await self._expire(entry.key, entry.revision)
-                    continue
-                records.append(record)
-        finally:
-            await watcher.stop()
-        return records
-
     async def _search(self, op: SearchOp) -> list[SearchItem]:
-        if op.query and self.index:
-            raise SemanticSearchNotBuilt("Semantic search (store.index) is not built yet; search without `query`")
-        records = await self._records(op.namespace_prefix)
-        if op.filter:
-            records = [r for r in records if _matches(r["value"], op.filter)]
-        records.sort(key=lambda r: r["updated_at"], reverse=True)
-        page = records[op.offset : op.offset + op.limit]
+        query_vector = await self.embedder.embed_query(op.query) if op.query and self.embedder else None
+        await self.search_index.caught_up()
+        rows = await self.search_index.search(
+            op.namespace_prefix, query_vector=query_vector, filter=op.filter, limit=op.limit, offset=op.offset
+        )
         if op.refresh_ttl:
-            for r in page:
-                if r.get("ttl"):
-                    await self._get(GetOp(tuple(r["namespace"]), r["key"], refresh_ttl=True))
-        return [_item(r, SearchItem, score=None) for r in page]
+            for row in rows:
+                if row["expires_at"] is not None:
+                    await self._get(GetOp(tuple(row["namespace"]), row["key"], refresh_ttl=True))
+        return [
+            SearchItem(
+                namespace=tuple(row["namespace"]),
+                key=row["key"],
+                value=row["value"],
+                created_at=row["created_at"],
+                updated_at=row["updated_at"],
+                score=row["score"],
+            )
+            for row in rows
+        ]
 
     async def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
-        prefix: tuple[str, ...] = ()
+        prefix = suffix = None
         for condition in op.match_conditions or ():
-            if condition.match_type == "prefix" and "*" not in condition.path:
+            if condition.match_type == "prefix":
                 prefix = tuple(condition.path)
-        namespaces = {tuple(r["namespace"]) for r in await self._records(prefix)}
-        if op.match_conditions:
-            namespaces = {ns for ns in namespaces if all(_does_match(c, ns) for c in op.match_conditions)}
-        if op.max_depth is not None:
-            namespaces = {ns[: op.max_depth] for ns in namespaces}
-        return sorted(namespaces)[op.offset : op.offset + op.limit]
+            else:
+                suffix = tuple(condition.path)
+        await self.search_index.caught_up()
+        return await self.search_index.namespaces(
+            prefix=prefix, suffix=suffix, max_depth=op.max_depth, limit=op.limit, offset=op.offset
+        )
+
+    async def close(self) -> None:
+        await self.search_index.stop()
 
 
-async def open_store(js, langgraph_json: dict[str, Any]) -> JetStreamStore:
-    """The store as ``langgraph.json``'s ``store`` section configures it (``index``, ``ttl``)."""
-    config = langgraph_json.get("store") or {}
-    return JetStreamStore(await js.key_value(broker.STORE_BUCKET), index=config.get("index"), ttl=config.get("ttl"))
+async def open_store(js, db: Database, graphs) -> JetStreamStore:
+    """The store as ``langgraph.json``'s ``store`` section configures it (``index``, ``ttl``), with
+    its search index projecting in this process. ``graphs`` resolves an ``embed`` function path."""
+    config = graphs.raw.get("store") or {}
+    ttl = config.get("ttl")
+    sweep = (ttl or {}).get("sweep_interval_minutes")
+    embedder = load_embedder(config.get("index"), graphs.resolve)
+    search_index = StoreIndex(js, db, broker.STORE_BUCKET, sweep_interval_s=sweep * 60 if sweep else None)
+    await search_index.start()
+    return JetStreamStore(await js.key_value(broker.STORE_BUCKET), search_index, embedder=embedder, ttl=ttl)

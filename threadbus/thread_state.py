@@ -156,9 +156,12 @@ def evolve(state: ThreadState, event: Event, seq: int | None = None) -> ThreadSt
         case RunFailed(run_id=run_id, error=error):
             return _ended(state, run_id, "timeout" if error == RUN_TIMEOUT else "error", paused=False, failed=True)
         case RunRolledBack(run_id=run_id):
+            # Everything of the run goes, its request too: a reader that saw the request before
+            # the compaction and reads on after it (a lagging projection) ends where a replay does.
             state = _drop_cancels(state, run_id)
             return replace(
                 state,
+                inbox=tuple(c for c in state.inbox if not (isinstance(c, RunRequested) and c.run_id == run_id)),
                 to_compact=_without(state.to_compact, run_id),
                 queue=_without(state.queue, run_id),
                 running=None if state.running == run_id else state.running,

@@ -31,6 +31,7 @@ from threadbus import broker, logs, metrics
 from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSuperseded
 from threadbus.graphs import GraphRegistry
 from threadbus.jsonable import jsonable
+from threadbus.read_model.database import Database
 from threadbus.settings import Settings
 from threadbus.store import open_store
 from threadbus.threadlog import Conflict, ThreadLog
@@ -57,7 +58,12 @@ class Executor:
 
     async def run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
-        self.store = await open_store(js, self.graphs.raw)
+        # The store's search and namespace listing read the read model's index.
+        if not self.settings.database_url:
+            raise RuntimeError("THREADBUS_DATABASE_URL is not set: the store's search index lives in the read model's PostgreSQL")
+        db = Database(self.settings.database_url)
+        await db.open()
+        self.store = await open_store(js, db, self.graphs)
         psub = await js.pull_subscribe_bind(durable=broker.EXECUTOR_CONSUMER, stream=subjects.THREAD_STREAM)
         cancels = await self.nc.subscribe(subjects.cancels_published(), cb=self._on_cancel)
         slots = asyncio.Semaphore(self.settings.executor_concurrency)
@@ -88,6 +94,8 @@ class Executor:
             await asyncio.gather(*self.deleting, return_exceptions=True)
             await cancels.unsubscribe()
             await psub.unsubscribe()
+            await self.store.close()
+            await db.close()
 
     async def _hand_back(self, tasks: dict[asyncio.Task, Any]) -> None:
         """On stop, runs in progress get THREADBUS_EXECUTOR_SHUTDOWN_GRACE_S to finish (each acks

@@ -1,4 +1,6 @@
-"""Routes: /assistants."""
+"""Routes: /assistants. Every route runs the caller's ``@auth.on.assistants`` handler first
+(:func:`services.gateway.auth.authorize`): its metadata filters hide assistants (404, left out
+of searches), False refuses (403)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from langgraph.pregel import Pregel
 from pydantic import TypeAdapter
 
+from services.gateway import auth
 from services.gateway.models import (
     AssistantCount,
     AssistantCreate,
@@ -25,14 +28,33 @@ def backend(request: Request):
     return request.app.state.backend
 
 
+async def _authorized(request: Request, action: str, assistant_id: str, **value) -> dict:
+    """The assistant, if the caller's handler for ``action`` lets them see it."""
+    filters = await auth.authorize("assistants", action, {"assistant_id": assistant_id, **value})
+    assistant = await backend(request).assistants.get(assistant_id)
+    auth.visible_or_404(assistant.get("metadata"), filters, f"Assistant {assistant_id}")
+    return assistant
+
+
+async def _visible(request: Request, graph_id, metadata, name, limit: int, offset: int) -> list[dict]:
+    value = {"graph_id": graph_id, "metadata": metadata, "limit": limit, "offset": offset}
+    filters = await auth.authorize("assistants", "search", value)
+    found = await backend(request).assistants.search(graph_id, metadata, name)
+    return [a for a in found if auth.satisfies(a.get("metadata"), filters)]
+
+
 @router.post("")
 async def create(body: AssistantCreate, request: Request):
+    value = body.model_dump()
+    value["metadata"] = value.get("metadata") or {}
+    await auth.authorize("assistants", "create", value)
+    body.metadata = value["metadata"]
     return await backend(request).assistants.create(body)
 
 
 @router.post("/search")
 async def search(body: AssistantSearch, request: Request):
-    found = await backend(request).assistants.search(body.graph_id, body.metadata, body.name)
+    found = await _visible(request, body.graph_id, body.metadata, body.name, body.limit, body.offset)
     if body.sort_by:
         found.sort(key=lambda a: a.get(body.sort_by) or "", reverse=body.sort_order != "asc")
     page = found[body.offset : body.offset + body.limit]
@@ -43,42 +65,44 @@ async def search(body: AssistantSearch, request: Request):
 
 @router.post("/count")
 async def count(body: AssistantCount, request: Request):
-    return len(await backend(request).assistants.search(body.graph_id, body.metadata, body.name))
+    return len(await _visible(request, body.graph_id, body.metadata, body.name, 0, 0))
 
 
 @router.get("/{assistant_id}")
 async def get(assistant_id: str, request: Request):
-    return await backend(request).assistants.get(assistant_id)
+    return await _authorized(request, "read", assistant_id)
 
 
 @router.patch("/{assistant_id}")
 async def patch(assistant_id: str, body: AssistantPatch, request: Request):
+    await _authorized(request, "update", assistant_id, **body.model_dump(exclude_none=True))
     return await backend(request).assistants.patch(assistant_id, body)
 
 
 @router.post("/{assistant_id}/versions")
 async def versions(assistant_id: str, body: AssistantVersions, request: Request):
-    b = backend(request)
-    current = await b.assistants.get(assistant_id)
-    found = await b.assistants.versions(current["assistant_id"], body.metadata)
+    current = await _authorized(request, "read", assistant_id)
+    found = await backend(request).assistants.versions(current["assistant_id"], body.metadata)
     return found[body.offset : body.offset + body.limit]
 
 
 @router.post("/{assistant_id}/latest")
 async def set_latest(assistant_id: str, body: AssistantLatest, request: Request):
+    await _authorized(request, "update", assistant_id, version=body.version)
     return await backend(request).assistants.set_latest_version(assistant_id, body.version)
 
 
 @router.delete("/{assistant_id}", status_code=204)
 async def delete(assistant_id: str, request: Request):
+    await _authorized(request, "delete", assistant_id)
     await backend(request).assistants.delete(assistant_id)
     return Response(status_code=204)
 
 
 @contextlib.asynccontextmanager
 async def _graph(assistant_id: str, request: Request) -> AsyncIterator[tuple[dict, Pregel]]:
+    assistant = await _authorized(request, "read", assistant_id)
     b = backend(request)
-    assistant = await b.assistants.get(assistant_id)
     async with b.assistants.graph_for(assistant, store=b.store) as g:
         yield assistant, g
 

@@ -12,9 +12,10 @@ cannot be probed.
 
 ``@auth.on`` handlers of the ``auth.path`` object apply on top, for threads (``create``: may
 add metadata; ``read`` — any use of an existing thread, its runs and state —, ``search``:
-may return metadata filters; ``delete``) and the store (every action: may rewrite
-``value["namespace"]``). A handler returning False refuses with 403; filters a thread does not
-match make it a 404. Assistants and crons are not routed through handlers.
+may return metadata filters; ``delete``), assistants and crons (``create``: may add metadata;
+``read``, ``update``, ``delete``, ``search``: may return metadata filters) and the store (every
+action: may rewrite ``value["namespace"]``). A handler returning False refuses with 403;
+filters a record does not match make it a 404 and leave it out of searches and counts.
 """
 
 from __future__ import annotations
@@ -142,6 +143,12 @@ def _handler(custom: Any, resource: str, action: str):
         if handlers := custom._handlers.get(key):
             return handlers[-1]
     return custom._global_handlers[-1] if custom._global_handlers else None
+
+
+def visible_or_404(metadata: dict[str, Any] | None, filters: dict[str, Any] | None, what: str) -> None:
+    """A record an ``@auth.on`` handler's filters exclude answers 404, exactly as a missing one."""
+    if not satisfies(metadata, filters):
+        raise HTTPException(404, f"{what} not found")
 
 
 def satisfies(metadata: dict[str, Any] | None, filters: dict[str, Any] | None) -> bool:

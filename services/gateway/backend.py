@@ -36,11 +36,12 @@ class Backend:
             self.graphs, await self.js.key_value(broker.ASSISTANTS_BUCKET), await self.js.key_value(broker.ASSISTANT_VERSIONS_BUCKET)
         )
         self.reads = Reads(self.db, self.log, catch_up_timeout_s=self.settings.decision_timeout_s)
-        self.store = await open_store(self.js, self.graphs.raw)
+        self.store = await open_store(self.js, self.db, self.graphs)
         threads_kv = await self.js.key_value(broker.THREADS_BUCKET)
         self.threads = Threads(self.log, self.saver, self.graphs, threads_kv, self.reads, store=self.store)
         self.runs = Runs(self.log, self.settings, self.assistants, self.threads, self.reads)
         await self.assistants.register_graphs()
 
     async def stop(self) -> None:
+        await self.store.close()
         await self.db.close()

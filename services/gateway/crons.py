@@ -216,32 +216,54 @@ def crons(request: Request) -> Crons:
     return request.app.state.crons
 
 
+async def _create_authorized(body: CronCreate, thread_id: str | None) -> None:
+    """The caller's ``@auth.on.crons.create`` handler sees the cron and may add metadata."""
+    value = {"payload": body.model_dump(exclude_none=True), "schedule": body.schedule, "thread_id": thread_id}
+    value |= {"user_id": auth.current_identity.get(), "end_time": body.end_time, "metadata": body.metadata or {}}
+    await auth.authorize("crons", "create", value)
+    body.metadata = value["metadata"]
+
+
+async def _authorized(request: Request, action: str, cron_id: str, **value: Any) -> None:
+    """A cron the caller's ``@auth.on.crons`` handler filters out is a 404, as a missing one."""
+    filters = await auth.authorize("crons", action, {"cron_id": cron_id, **value})
+    record, _ = await crons(request).get(cron_id)
+    auth.visible_or_404(record.get("metadata"), filters, f"Cron {cron_id}")
+
+
 @router.post("/threads/{thread_id}/runs/crons")
 async def create_for_thread(thread_id: str, body: CronCreate, request: Request):
+    await _create_authorized(body, thread_id)
     return await crons(request).create(body, thread_id)
 
 
 @router.post("/runs/crons")
 async def create(body: CronCreate, request: Request):
+    await _create_authorized(body, None)
     return await crons(request).create(body, None)
 
 
 @router.patch("/runs/crons/{cron_id}")
 async def patch(cron_id: str, body: CronPatch, request: Request):
+    await _authorized(request, "update", cron_id, **body.model_dump(exclude_unset=True))
     return await crons(request).patch(cron_id, body)
 
 
 @router.delete("/runs/crons/{cron_id}", status_code=204)
 async def delete(cron_id: str, request: Request):
+    await _authorized(request, "delete", cron_id)
     await crons(request).delete(cron_id)
     return Response(status_code=204)
 
 
-def _matching(records: list[dict[str, Any]], body: CronSearch) -> list[dict[str, Any]]:
+async def _matching(records: list[dict[str, Any]], body: CronSearch) -> list[dict[str, Any]]:
+    value = {"assistant_id": body.assistant_id, "thread_id": body.thread_id, "limit": body.limit, "offset": body.offset}
+    filters = await auth.authorize("crons", "search", value)
     return [
         r
         for r in records
         if _visible(r)
+        and auth.satisfies(r.get("metadata"), filters)
         and (body.assistant_id is None or r["assistant_id"] == body.assistant_id)
         and (body.thread_id is None or r["thread_id"] == body.thread_id)
         and (body.enabled is None or r["enabled"] == body.enabled)
@@ -251,7 +273,7 @@ def _matching(records: list[dict[str, Any]], body: CronSearch) -> list[dict[str,
 
 @router.post("/runs/crons/search")
 async def search(body: CronSearch, request: Request):
-    found = _matching([r for r, _ in await crons(request).all()], body)
+    found = await _matching([r for r, _ in await crons(request).all()], body)
     key = body.sort_by or "created_at"
     found.sort(key=lambda r: str(r.get(key) or ""), reverse=body.sort_order != "asc")
     page = found[body.offset : body.offset + body.limit]
@@ -260,4 +282,4 @@ async def search(body: CronSearch, request: Request):
 
 @router.post("/runs/crons/count")
 async def count(body: CronSearch, request: Request):
-    return len(_matching([r for r, _ in await crons(request).all()], body))
+    return len(await _matching([r for r, _ in await crons(request).all()], body))

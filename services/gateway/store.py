@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from services.gateway import auth
-from threadbus.store import SemanticSearchNotBuilt
+from threadbus.read_model.store_index import InvalidFilter
+from threadbus.store import InvalidItem
 
 router = APIRouter(prefix="/store", tags=["store"])
 
@@ -67,7 +68,10 @@ def _item(item) -> dict[str, Any]:
 @router.put("/items", status_code=204)
 async def put_item(body: StorePut, request: Request):
     namespace = await _namespace("put", body.namespace, key=body.key, value=body.value)
-    await store(request).aput(namespace, body.key, body.value, index=body.index, ttl=body.ttl)
+    try:
+        await store(request).aput(namespace, body.key, body.value, index=body.index, ttl=body.ttl)
+    except InvalidItem as err:
+        raise HTTPException(422, str(err)) from None
     return Response(status_code=204)
 
 
@@ -96,8 +100,8 @@ async def search_items(body: StoreSearch, request: Request):
             offset=body.offset,
             refresh_ttl=body.refresh_ttl,
         )
-    except SemanticSearchNotBuilt as err:
-        raise HTTPException(501, str(err)) from None
+    except InvalidFilter as err:
+        raise HTTPException(422, str(err)) from None
     return {"items": [_item(i) for i in items]}
 
 

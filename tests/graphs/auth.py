@@ -27,3 +27,41 @@ async def scope_store(ctx: Auth.types.AuthContext, value: dict) -> None:
     namespace = tuple(value["namespace"])
     if not namespace or namespace[0] != ctx.user.identity:
         value["namespace"] = (ctx.user.identity, *namespace)
+
+
+def _team(ctx: Auth.types.AuthContext) -> str:
+    return "blue" if ctx.user.identity.startswith("b") else "red"
+
+
+@auth.on.assistants.create
+async def own_assistants(ctx: Auth.types.AuthContext, value: dict) -> None:
+    value["metadata"]["owner"] = ctx.user.identity
+
+
+@auth.on.assistants
+async def see_own_assistants(ctx: Auth.types.AuthContext, value: dict) -> dict:
+    return {"owner": ctx.user.identity}
+
+
+@auth.on.assistants.update
+async def viewers_keep_assistants_as_they_are(ctx: Auth.types.AuthContext, value: dict) -> dict | bool:
+    if ctx.user.identity.startswith("viewer"):
+        return False
+    return {"owner": ctx.user.identity}
+
+
+@auth.on.crons.create
+async def label_crons(ctx: Auth.types.AuthContext, value: dict) -> None:
+    value["metadata"]["team"] = _team(ctx)
+
+
+@auth.on.crons
+async def see_own_team_crons(ctx: Auth.types.AuthContext, value: dict) -> dict:
+    return {"team": _team(ctx)}
+
+
+@auth.on.crons.update
+async def viewers_keep_crons_as_they_are(ctx: Auth.types.AuthContext, value: dict) -> dict | bool:
+    if ctx.user.identity.startswith("viewer"):
+        return False
+    return {"team": _team(ctx)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Annotated
 
 from typing_extensions import TypedDict
@@ -109,3 +110,32 @@ _memory.add_node("remember", remember)
 _memory.add_edge(START, "remember")
 _memory.add_edge("remember", END)
 memory = _memory.compile()
+
+
+class Note(TypedDict):
+    """A memory to write (``text``) or a question to look up (``query``) in ``("notes", user)``."""
+
+    user: str
+    text: str
+    query: str
+    found: list[dict]
+
+
+async def write_note(state: Note, *, store: BaseStore) -> dict:
+    await store.aput(("notes", state["user"]), hashlib.sha1(state["text"].encode()).hexdigest()[:12], {"text": state["text"]})
+    return {}
+
+
+async def search_notes(state: Note, *, store: BaseStore) -> dict:
+    items = await store.asearch(("notes", state["user"]), query=state["query"], limit=3)
+    return {"found": [{"text": i.value.get("text"), "score": i.score} for i in items]}
+
+
+_notes = StateGraph(Note)
+_notes.add_node("write_note", write_note)
+_notes.add_node("search_notes", search_notes)
+_notes.add_conditional_edges(START, lambda s: "search_notes" if s.get("query") else "write_note")
+_notes.add_edge("write_note", END)
+_notes.add_edge("search_notes", END)
+notes = _notes.compile()
+"""Writes a note, or searches the user's notes by meaning, from inside a run."""

@@ -36,6 +36,8 @@ class ThreadRow:
     status: str = "idle"
     values: Any = None
     interrupts: dict[str, Any] = field(default_factory=dict)
+    # The last run's failure, as long as no run has ended otherwise since; shown while the thread
+    # is in error (the fold's ``failed`` follows the same events).
     error: dict[str, Any] | None = None
 
 
@@ -136,11 +138,12 @@ def project(thread: ThreadRow | None, event: contracts.events.AnyEvent, seq: int
             request = next((r for r in before.inbox if isinstance(r, contracts.RunRequested) and r.run_id == run_id), None)
             if request is not None:
                 changes.append(RunAdded(run_row(request, "pending", event.at)))
-        case contracts.RunInterrupted(interrupts=interrupts):
+        # An outcome of a run being rolled back says nothing of the thread: the run is compacted.
+        case contracts.RunInterrupted(interrupts=interrupts) if run_id not in fold.to_compact:
             thread.interrupts, thread.error = dict(interrupts), None
-        case contracts.RunSucceeded() | contracts.RunStopped():
+        case contracts.RunSucceeded() | contracts.RunStopped() if run_id not in fold.to_compact:
             thread.interrupts, thread.error = {}, None
-        case contracts.RunFailed(error=error, message=message):
+        case contracts.RunFailed(error=error, message=message) if run_id not in fold.to_compact:
             thread.interrupts, thread.error = {}, {"error": error, "message": message}
         case contracts.RunRolledBack():
             changes.append(RunRemoved(run_id, with_checkpoints=True))
@@ -154,8 +157,6 @@ def project(thread: ThreadRow | None, event: contracts.events.AnyEvent, seq: int
         changes.append(RunChanged(run_id, None, event.at))
     thread.fold = replace(fold, statuses={})
     thread.status = thread.fold.status
-    if thread.status != "error":
-        thread.error = None
     thread.updated_at = event.at
     return thread, changes
 
