@@ -45,6 +45,8 @@ __all__ = [
     "PendingWrite",
     "ControlEvent",
     "StreamChunk",
+    "ThreadStreamEvent",
+    "ThreadStreamParams",
     "MultitaskStrategy",
     "CancelAction",
     "RejectReason",
@@ -116,6 +118,9 @@ class RunKwargs(msgspec.Struct, kw_only=True, omit_defaults=True):
     # at the end instead of one per step (fewer appends; a crash restarts the run from its input,
     # and an interrupted run keeps nothing). Unset: LangGraph's default, "async".
     durability: Literal["sync", "async", "exit"] | None = None
+    # Started by the v3 thread protocol (``run.start``/``input.respond``): the run streams the
+    # protocol's events on the thread stream instead of SSE chunks on the run stream.
+    thread_stream: bool = False
 
 
 class RunRequested(Event, tag=True, kw_only=True):
@@ -270,6 +275,22 @@ class StreamChunk(msgspec.Struct, kw_only=True):
 
     event: str
     data: Any = None
+
+
+class ThreadStreamParams(msgspec.Struct, kw_only=True):
+    namespace: list[str] = msgspec.field(default_factory=list)
+    timestamp: int  # wall-clock milliseconds since the epoch
+    data: Any = None
+
+
+class ThreadStreamEvent(msgspec.Struct, kw_only=True):
+    """One event of the v3 thread protocol, in the thread's stream (``tb.events.<thread>``), as
+    clients receive it minus ``type``, ``seq`` and ``event_id``, which readers add: the event's
+    stream sequence is both. ``method`` is ``values``, ``messages``, ``tools``, ``lifecycle``,
+    ``input.requested``, ``updates``, ``custom``, ``checkpoints`` or ``tasks``."""
+
+    method: str
+    params: ThreadStreamParams
 
 
 ControlEvent = Union[

@@ -32,13 +32,18 @@ COMMANDS = {"RunRequested", "RunCancelRequested", "RunDeleted", "ThreadCreated",
 DECISIONS = {"RunAccepted", "RunRejected", "RunStarted", "RunCancelled", "RunRolledBack"}
 
 
+STREAM_OF = {"StreamChunk": "stream TB_RUNSTREAM", "ThreadStreamEvent": "stream TB_THREADEVENTS"}
+
+
 def event_types() -> list[type]:
-    return [*get_args(events.AnyEvent), events.StreamChunk]
+    return [*get_args(events.AnyEvent), events.StreamChunk, events.ThreadStreamEvent]
 
 
 def subject_of(type_name: str) -> str:
     if type_name == "StreamChunk":
         return "tb.stream.<thread>.<run> (stream TB_RUNSTREAM)"
+    if type_name == "ThreadStreamEvent":
+        return "tb.events.<thread> (stream TB_THREADEVENTS)"
     if type_name == "CheckpointSaved":
         return "tb.thread.<thread>.run.<run>.ckpt.<checkpoint_ns>.<checkpoint_id>"
     if type_name == "CheckpointPointer":
@@ -51,7 +56,7 @@ def subject_of(type_name: str) -> str:
 
 
 def msg_id_of(type_name: str) -> str:
-    if type_name in ("CheckpointSaved", "CheckpointPointer", "WritesSaved", "StreamChunk"):
+    if type_name in ("CheckpointSaved", "CheckpointPointer", "WritesSaved", "StreamChunk", "ThreadStreamEvent"):
         return "any unique id (a retry of the same record reuses it)"
     if type_name.startswith("Thread"):
         return f"{EVENT_TOKENS[type_name]}:<thread>:<at, ISO 8601>"
@@ -69,7 +74,7 @@ def asyncapi() -> dict:
             "address": address.replace("<", "{").replace(">", "}"),
             "parameters": params,
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
-            "description": "stream TB_RUNSTREAM" if name == "StreamChunk" else "stream TB_THREADS (JetStream)",
+            "description": STREAM_OF.get(name, "stream TB_THREADS (JetStream)"),
         }
         producer = "any service" if name in COMMANDS else "orchestrator" if name in DECISIONS else "executor"
         operations[f"{'receive' if name in COMMANDS else 'send'}{name}"] = {
@@ -94,7 +99,7 @@ def asyncapi() -> dict:
             "version": "1",
             "description": (
                 "Every thread is a log of events in the JetStream stream TB_THREADS; a run's SSE events are in"
-                " TB_RUNSTREAM. Publish with JetStream (publish and wait for the ack); read with direct gets or"
+                " TB_RUNSTREAM, the v3 thread protocol's events in TB_THREADEVENTS. Publish with JetStream (publish and wait for the ack); read with direct gets or"
                 " an ordered consumer on tb.thread.<thread>.*.*.* (a thread's control events). Subject tokens"
                 " that are not [A-Za-z0-9_-] are written as '~' + unpadded base64url. Events carry a 'type'"
                 " field naming the schema. See docs/contracts.md."

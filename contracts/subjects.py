@@ -30,6 +30,11 @@ Run stream log (stream ``TB_RUNSTREAM``, expiring after a configurable age)::
 
     tb.stream.<thread>.<run>                          the run's SSE events, in order
 
+Thread event stream (stream ``TB_THREADEVENTS``, the v3 protocol's events, expiring like the run
+stream log)::
+
+    tb.events.<thread>                                every run's protocol events, in order
+
 Dead letters (stream ``TB_DEADLETTER``)::
 
     tb.deadletter.<service>                           a message that failed contract validation,
@@ -49,6 +54,8 @@ THREAD_STREAM = "TB_THREADS"
 PREFIX = "tb.thread"
 RUN_STREAM = "TB_RUNSTREAM"
 STREAM_PREFIX = "tb.stream"
+THREAD_EVENTS_STREAM = "TB_THREADEVENTS"
+THREAD_EVENTS_PREFIX = "tb.events"
 DEADLETTER_STREAM = "TB_DEADLETTER"
 DEADLETTER_PREFIX = "tb.deadletter"
 # Fixed for the life of a stream: changing it would move threads between partitions.
@@ -219,6 +226,11 @@ def run_records(run_id: str, kind: str) -> str:
 def run_stream(thread_id: str, run_id: str | None = None) -> str:
     """The stream log of one run's SSE events (of every run of the thread when run_id is None)."""
     return f"{STREAM_PREFIX}.{token(thread_id)}.{'*' if run_id is None else token(run_id)}"
+
+
+def thread_events(thread_id: str) -> str:
+    """The v3 protocol's event stream of one thread, every run's events in order."""
+    return f"{THREAD_EVENTS_PREFIX}.{token(thread_id)}"
 
 
 def dead_letter(service: str) -> str:

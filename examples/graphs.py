@@ -77,10 +77,10 @@ noop = _noop_graph.compile()
 async def speak(state: Chat, config: RunnableConfig) -> dict:
     n = int(config.get("configurable", {}).get("tokens", 2000))
     model = GenericFakeChatModel(messages=iter([AIMessage(content=" ".join(f"t{i}" for i in range(n)))]))
-    message = None
-    async for chunk in model.astream(state["messages"], config):
-        message = chunk if message is None else message + chunk
-    return {"messages": [AIMessage(content=message.content, id=message.id)]}
+    # Invoked, not iterated: LangGraph streams the tokens to both the classic `messages` mode and
+    # the v3 protocol (which only sees a model's own streaming, not a node's iteration of it).
+    message = await model.ainvoke(state["messages"], config)
+    return {"messages": [AIMessage(content=message.text, id=message.id)]}
 
 
 _tokens = StateGraph(Chat)

@@ -50,4 +50,4 @@ def test_the_asyncapi_document_names_every_schema():
     assert document["asyncapi"].startswith("3.")
     for name, message in document["components"]["messages"].items():
         assert (CONTRACTS / message["payload"]["$ref"]).exists(), name
-        assert document["channels"][name]["address"].startswith(("tb.thread.", "tb.stream."))
+        assert document["channels"][name]["address"].startswith(("tb.thread.", "tb.stream.", "tb.events."))

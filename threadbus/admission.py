@@ -12,6 +12,7 @@ graph name standing for its system assistant), threads in ``tb_threads``. A stat
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import nats.js.errors
@@ -50,14 +51,18 @@ class Admission:
     async def refusal(self, request: contracts.RunRequested) -> contracts.RunRejected | None:
         """The rejection the request meets, or None when what it names exists."""
         assistants, threads = await self._buckets()
-        if not await _exists(assistants, assistant_key(request.assistant_id)):
+        assistant_exists, thread_exists = await asyncio.gather(
+            _exists(assistants, assistant_key(request.assistant_id)),
+            _exists(threads, request.thread_id) if not request.kwargs.temporary else _true(),
+        )
+        if not assistant_exists:
             return contracts.RunRejected(
                 thread_id=request.thread_id,
                 run_id=request.run_id,
                 reason="unknown_assistant",
                 detail=f"Assistant {request.assistant_id!r} not found: name an assistant UUID or a graph of the deployment.",
             )
-        if not request.kwargs.temporary and not await _exists(threads, request.thread_id):
+        if not thread_exists:
             return contracts.RunRejected(
                 thread_id=request.thread_id,
                 run_id=request.run_id,
@@ -65,6 +70,10 @@ class Admission:
                 detail=f"Thread {request.thread_id!r} not found: create it first (POST /threads).",
             )
         return None
+
+
+async def _true() -> bool:
+    return True
 
 
 async def _exists(kv, key: str) -> bool:

@@ -158,6 +158,19 @@ def run_stream_config(settings: Settings) -> StreamConfig:
     )
 
 
+def thread_events_stream_config(settings: Settings) -> StreamConfig:
+    """The v3 protocol's thread streams: kept as long as the run stream log (the same retention
+    setting), direct gets for a thread's newest event."""
+    return _stream(
+        settings,
+        subjects.THREAD_EVENTS_STREAM,
+        subjects.THREAD_EVENTS_PREFIX,
+        max_age=settings.stream_max_age_s,
+        duplicate_window=min(settings.duplicate_window_s, settings.stream_max_age_s),
+        allow_direct=True,
+    )
+
+
 def deadletter_stream_config(settings: Settings) -> StreamConfig:
     return _stream(settings, subjects.DEADLETTER_STREAM, subjects.DEADLETTER_PREFIX, max_age=settings.deadletter_max_age_s)
 
@@ -264,6 +277,7 @@ async def _bootstrap(nc: NATS, settings: Settings) -> None:
     await _check_layout(js)
     await ensure_stream(js, thread_stream_config(settings))
     await ensure_stream(js, run_stream_config(settings))
+    await ensure_stream(js, thread_events_stream_config(settings))
     await ensure_stream(js, deadletter_stream_config(settings))
     consumers = [
         ConsumerConfig(

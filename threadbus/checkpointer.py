@@ -232,8 +232,12 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             self.current_checkpoint_id = checkpoint_id
         # A fresh id per call: append reuses it for the call's own retries, and a checkpoint saved
         # again later (a redelivered run, a copy after a delete) is a new record, read as the newest.
-        await self._append(subjects.checkpoint(thread_id, run, ns, checkpoint_id), contracts.encode(event), str(uuid.uuid4()))
-        await self._point(thread_id, run, ns, checkpoint_id)
+        # The pointers go with it, not after it: a pointer that lands without its checkpoint is
+        # read past (see _newest), so nothing waits for the checkpoint's acknowledgement first.
+        await asyncio.gather(
+            self._append(subjects.checkpoint(thread_id, run, ns, checkpoint_id), contracts.encode(event), str(uuid.uuid4())),
+            self._point(thread_id, run, ns, checkpoint_id),
+        )
         return _config(thread_id, ns, checkpoint_id)
 
     async def aput_writes(

@@ -45,6 +45,7 @@ async def run_gateway(settings: Settings, stop: asyncio.Event, graphs=None) -> N
     serving = asyncio.create_task(server.serve())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    app.state.closing.set()
     server.should_exit = True
     await serving
 

@@ -2,22 +2,35 @@
 
 ``graphs`` maps a graph id to ``./path/to/file.py:attr`` (relative to the json file) or
 ``package.module:attr``. The attribute is a compiled graph, a ``StateGraph`` (compiled here), or
-a factory that takes the run's config (sync or async) and returns one of those.
+a factory of any shape LangGraph Platform accepts: no parameter, the config, a
+``langgraph_sdk.runtime.ServerRuntime`` (a parameter named ``runtime`` or annotated so), or both
+``(config, runtime)``; sync or async; returning a graph or a context manager (sync or async, e.g.
+``@contextlib.asynccontextmanager``) that yields one and stays open while the graph is used.
+
+Factories are called for every use, as LangGraph Platform does: runs (``threads.create_run``, an
+execution runtime with the run's ``context``) and reads (``threads.read`` for state and history,
+``threads.update`` for state edits, ``assistants.read`` for graph and schemas; a read runtime).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
 import json
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
+
+# The SDK's own runtime classes, so factories narrowing with `runtime.execution_runtime` (an
+# isinstance check in the SDK) see what they see on LangGraph Platform.
+from langgraph_sdk.runtime import _ExecutionRuntime, _ReadRuntime
 
 from threadbus.admission import assistant_id_for  # noqa: F401 - the gateway imports it from here
 
@@ -75,16 +88,68 @@ class GraphRegistry:
     def ids(self) -> list[str]:
         return list(self.entries)
 
-    async def build(self, graph_id: str, config: dict[str, Any] | None = None) -> Pregel:
-        """The compiled graph for one run (a factory is called with the run's config)."""
-        target = self.entries[graph_id].target
-        if self.entries[graph_id].is_factory:
-            takes_config = len(inspect.signature(target).parameters) > 0
-            target = target(config or {}) if takes_config else target()
-            if inspect.isawaitable(target):
-                target = await target
-        if isinstance(target, StateGraph):
-            target = target.compile()
-        if not isinstance(target, Pregel):
-            raise TypeError(f"graph {graph_id!r} resolved to {type(target).__name__}, not a LangGraph graph")
-        return target
+    @contextlib.asynccontextmanager
+    async def graph(
+        self,
+        graph_id: str,
+        config: dict[str, Any] | None = None,
+        *,
+        access_context: str = "threads.create_run",
+        store: Any = None,
+        context: Any = None,
+    ) -> AsyncIterator[Pregel]:
+        """The compiled graph for one use (a factory is called for it, and what it opened is
+        closed when the block ends)."""
+        entry = self.entries[graph_id]
+        async with contextlib.AsyncExitStack() as resources:
+            target = entry.target
+            if entry.is_factory:
+                runtime = server_runtime(access_context, store=store, context=context)
+                target = await _entered(target(*_factory_args(target, config or {}, runtime)), resources)
+            if isinstance(target, StateGraph):
+                target = target.compile()
+            if not isinstance(target, Pregel):
+                raise TypeError(f"graph {graph_id!r} resolved to {type(target).__name__}, not a LangGraph graph")
+            yield target
+
+
+def server_runtime(access_context: str, *, store: Any = None, context: Any = None, user: Any = None):
+    """What LangGraph Platform passes a factory's ``runtime`` parameter: an execution runtime
+    (with the run's context) for runs, a read runtime otherwise."""
+    if access_context == "threads.create_run":
+        return _ExecutionRuntime(access_context=access_context, user=user, store=store, context=context)
+    return _ReadRuntime(access_context=access_context, user=user, store=store)
+
+
+def _factory_args(factory: Any, config: dict[str, Any], runtime: Any) -> list[Any]:
+    """One argument per positional parameter: the runtime for one named ``runtime`` or annotated
+    with ``ServerRuntime``, the config for any other."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = [p for p in inspect.signature(factory).parameters.values() if p.kind in positional]
+    return [runtime if _wants_runtime(p) else config for p in params]
+
+
+def _wants_runtime(param: inspect.Parameter) -> bool:
+    annotation = param.annotation
+    if param.name == "runtime":
+        return True
+    if isinstance(annotation, str):  # postponed annotations
+        return "ServerRuntime" in annotation
+    return "ServerRuntime" in repr(annotation) or (
+        isinstance(annotation, type) and issubclass(annotation, (_ExecutionRuntime, _ReadRuntime))
+    )
+
+
+async def _entered(made: Any, resources: contextlib.AsyncExitStack) -> Any:
+    """What a factory's result stands for: awaited, and a context manager (or generator) entered."""
+    if inspect.isawaitable(made):
+        made = await made
+    if inspect.isasyncgen(made):
+        made = contextlib.asynccontextmanager(lambda: made)()
+    elif inspect.isgenerator(made):
+        made = contextlib.contextmanager(lambda: made)()
+    if hasattr(made, "__aenter__"):
+        return await resources.enter_async_context(made)
+    if hasattr(made, "__enter__") and hasattr(made, "__exit__"):
+        return resources.enter_context(made)
+    return made

@@ -369,6 +369,7 @@ class ThreadLog:
         and any executor still running one of its runs is refused at its next append."""
         seq = await self.append_event(contracts.ThreadDeleted(thread_id=thread_id))
         await self.js.purge_stream(self.stream, subject=subjects.thread_all(thread_id), seq=seq)
+        await self.js.purge_stream(subjects.THREAD_EVENTS_STREAM, subject=subjects.thread_events(thread_id))
 
     async def purge(self, filter_subject: str) -> None:
         await self.js.purge_stream(self.stream, subject=filter_subject)

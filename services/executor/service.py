@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 
 import contracts
 from contracts import subjects
+from services.executor.protocol_v3 import ProtocolRunEvents
 from services.executor.streaming import RunStreamWriter
 from threadbus import broker, logs, metrics
 from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSaver, RunSuperseded
@@ -173,16 +174,16 @@ class Executor:
             return
         if deliveries > 1:
             metrics.REDELIVERIES.inc()
+        thread_events = ProtocolRunEvents(self.nc.jetstream(), requested, attempt=deliveries)
         if deliveries > self.settings.executor_max_deliver:
-            await self._finish(
-                contracts.RunFailed(
-                    thread_id=thread_id,
-                    run_id=run_id,
-                    error="MaxDeliveriesExceeded",
-                    message=f"the run was delivered {deliveries - 1} times without finishing",
-                ),
-                started_seq,
+            outcome = contracts.RunFailed(
+                thread_id=thread_id,
+                run_id=run_id,
+                error="MaxDeliveriesExceeded",
+                message=f"the run was delivered {deliveries - 1} times without finishing",
             )
+            await thread_events.ended(outcome)
+            await self._finish(outcome, started_seq)
             return
         self.active[run_id] = asyncio.current_task()
         heartbeat = asyncio.create_task(self._heartbeat(msg))
@@ -190,7 +191,7 @@ class Executor:
         deadline = asyncio.timeout(self.settings.run_timeout_s)
         try:
             async with deadline:
-                outcome = await self._run_graph(requested, saver, retry=deliveries > 1)
+                outcome = await self._run_graph(requested, saver, thread_events, retry=deliveries > 1)
         except (RunSuperseded, asyncio.CancelledError) as err:
             if isinstance(err, asyncio.CancelledError):
                 if run_id not in self.cancelled:
@@ -202,6 +203,7 @@ class Executor:
                 log.info("cancel not in the log; run redelivered")
                 await msg.nak(delay=0.25)
                 raise _Redeliver from None
+            await thread_events.stopped()
             return
         except broker.UNREACHABLE:
             raise  # not the graph failing: the run is redelivered (_execute)
@@ -223,6 +225,7 @@ class Executor:
             heartbeat.cancel()
             self.active.pop(run_id, None)
             self.cancelled.discard(run_id)
+        await thread_events.ended(outcome)
         await self._finish(outcome, started_seq)
         # A stateless run's thread goes with it; with a webhook, once the webhook has been called.
         if requested.kwargs.temporary and not requested.kwargs.webhook:
@@ -291,17 +294,28 @@ class Executor:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _run_graph(self, requested: contracts.RunRequested, saver: RunSaver, *, retry: bool) -> contracts.Event:
+    async def _run_graph(
+        self, requested: contracts.RunRequested, saver: RunSaver, thread_events: ProtocolRunEvents, *, retry: bool
+    ) -> contracts.Event:
+        config = run_config(requested)
+        store = self.store.for_run()
+        context = requested.kwargs.context or None
+        async with self.graphs.graph(requested.graph_id, config, store=store, context=context) as graph:
+            graph = graph.copy(update={"store": store, "checkpointer": saver})
+            return await self._run_built(graph, requested, config, saver, thread_events, retry=retry)
+
+    async def _run_built(
+        self, graph, requested: contracts.RunRequested, config: dict, saver: RunSaver, thread_events: ProtocolRunEvents, *, retry: bool
+    ) -> contracts.Event:
         thread_id, run_id = requested.thread_id, requested.run_id
         kwargs = requested.kwargs
-        config = run_config(requested)
-        graph = await self.graphs.build(requested.graph_id, config)
-        graph = graph.copy(update={"checkpointer": saver, "store": self.store.for_run()})
         graph_input: Any = command_from(kwargs.command) if kwargs.command else kwargs.input
         if retry and await self._has_checkpoint_of(thread_id, run_id):
             # An earlier delivery got some steps done: continue from its last checkpoint.
             graph_input = None
-        stream = RunStreamWriter(self.js, thread_id, run_id, kwargs.stream_mode)
+        await thread_events.running()
+        # A run started through the v3 protocol streams its events there instead of SSE chunks.
+        stream = thread_events if thread_events.drives_run else RunStreamWriter(self.js, thread_id, run_id, kwargs.stream_mode)
         try:
             await stream.run(
                 graph,

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from langgraph.store.base import InvalidNamespaceError
 
 import threadbus
-from services.gateway import assistants, crons, runs, store, threads
+from services.gateway import assistants, crons, protocol_v3, runs, store, threads
 from services.gateway.crons import Crons
 from services.gateway.models import ERROR_RESPONSES
 from services.gateway.auth import Authenticator
@@ -80,6 +80,9 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
         return backend is not None and backend.nc.is_connected
 
     authenticator = Authenticator(settings.api_keys, _custom_auth(graphs))
+    app.state.authenticator = authenticator  # the v3 protocol's WebSocket authenticates itself
+    # Set when the gateway is told to stop: thread streams, which never end on their own, end then.
+    app.state.closing = asyncio.Event()
     metrics.add_routes(app, connected, guard=authenticator)
 
     @app.get("/info", dependencies=[Depends(authenticator)])
@@ -94,6 +97,9 @@ def create_app(settings: Settings, graphs: GraphRegistry) -> FastAPI:
     guard = [Depends(authenticator)]
     for router in (assistants.router, threads.router, store.router, crons.router, runs.router):
         app.include_router(router, dependencies=guard)
+    app.include_router(protocol_v3.commands.router, dependencies=guard)
+    app.include_router(protocol_v3.sse.router, dependencies=guard)
+    app.include_router(protocol_v3.websocket.router)
     return app
 
 

@@ -4,6 +4,9 @@ of searches), False refuses (403)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, Request, Response
 from langgraph.pregel import Pregel
 from pydantic import TypeAdapter
@@ -96,22 +99,25 @@ async def delete(assistant_id: str, request: Request):
     return Response(status_code=204)
 
 
-async def _graph(assistant_id: str, request: Request) -> tuple[dict, Pregel]:
+@contextlib.asynccontextmanager
+async def _graph(assistant_id: str, request: Request) -> AsyncIterator[tuple[dict, Pregel]]:
     assistant = await _authorized(request, "read", assistant_id)
-    return assistant, await backend(request).assistants.graph_for(assistant)
+    b = backend(request)
+    async with b.assistants.graph_for(assistant, store=b.store) as g:
+        yield assistant, g
 
 
 @router.get("/{assistant_id}/graph")
 async def graph(assistant_id: str, request: Request, xray: int | bool = False):
-    _, g = await _graph(assistant_id, request)
-    drawable = await g.aget_graph(xray=xray)
+    async with _graph(assistant_id, request) as (_, g):
+        drawable = await g.aget_graph(xray=xray)
     return drawable.to_json()
 
 
 @router.get("/{assistant_id}/schemas")
 async def schemas(assistant_id: str, request: Request):
-    assistant, g = await _graph(assistant_id, request)
-    return {"graph_id": assistant["graph_id"], **graph_schemas(g)}
+    async with _graph(assistant_id, request) as (assistant, g):
+        return {"graph_id": assistant["graph_id"], **graph_schemas(g)}
 
 
 def graph_schemas(g: Pregel) -> dict:
@@ -132,8 +138,8 @@ def graph_schemas(g: Pregel) -> dict:
 
 @router.get("/{assistant_id}/subgraphs")
 async def subgraphs(assistant_id: str, request: Request, recurse: bool = False):
-    _, g = await _graph(assistant_id, request)
     result = {}
-    async for ns, sub in g.aget_subgraphs(recurse=recurse):
-        result[ns] = graph_schemas(sub)
+    async with _graph(assistant_id, request) as (_, g):
+        async for ns, sub in g.aget_subgraphs(recurse=recurse):
+            result[ns] = graph_schemas(sub)
     return result

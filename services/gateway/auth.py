@@ -86,7 +86,7 @@ class Authenticator:
         available = {
             "request": request,
             "path": request.url.path,
-            "method": request.method,
+            "method": getattr(request, "method", "GET"),  # a WebSocket upgrade is a GET
             "path_params": dict(request.path_params),
             "query_params": dict(request.query_params),
             "headers": {k.encode(): v.encode() for k, v in request.headers.items()},

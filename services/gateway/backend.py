@@ -38,11 +38,12 @@ class Backend:
         )
         await self.assistants.start()
         self.reads = Reads(self.db, self.log, catch_up_timeout_s=self.settings.decision_timeout_s)
-        self.threads = Threads(self.log, self.saver, self.graphs, await self.js.key_value(broker.THREADS_BUCKET), self.reads)
+        self.store = await open_store(self.js, self.db, self.graphs)
+        threads_kv = await self.js.key_value(broker.THREADS_BUCKET)
+        self.threads = Threads(self.log, self.saver, self.graphs, threads_kv, self.reads, store=self.store)
         self.run_watch = RunWatch(self.log)
         await self.run_watch.start()
         self.runs = Runs(self.log, self.settings, self.assistants, self.threads, self.reads, self.run_watch)
-        self.store = await open_store(self.js, self.db, self.graphs)
         await self.assistants.register_graphs()
 
     async def stop(self) -> None:

@@ -79,9 +79,8 @@ async def put_item(body: StorePut, request: Request):
 async def get_item(request: Request, key: str, namespace: str = "", refresh_ttl: bool | None = Query(None)):
     labels = namespace.split(".") if namespace else []
     item = await store(request).aget(await _namespace("get", labels, key=key), key, refresh_ttl=refresh_ttl)
-    if item is None:
-        raise HTTPException(404, f"Item {key!r} not found in namespace {labels}")
-    return _item(item)
+    # LangGraph Platform answers a missing item with 200 null: the SDKs then return None.
+    return None if item is None else _item(item)
 
 
 @router.delete("/items", status_code=204)

@@ -37,7 +37,7 @@ from services.orchestrator.decider import next_decision
 from threadbus.thread_state import ThreadState, evolve, fold
 from services.orchestrator.leases import Leases
 from services.orchestrator.snapshots import Snapshots, worth_saving
-from threadbus import broker, logs, metrics
+from threadbus import broker, logs, metrics, thread_events
 from threadbus.admission import Admission
 from threadbus.read_model.database import Database
 from threadbus.read_model.projector import Projector
@@ -372,6 +372,10 @@ class Orchestrator:
                 continue
             first_seq = last_seq - len(decisions) + 1
             settled = state
+            # Runs cancelled before they started: no executor ends them on the v3 thread stream.
+            never_started = [
+                d.run_id for d in decisions if isinstance(d, contracts.RunCancelled) and d.run_id in state.queue
+            ]
             for seq, decision in enumerate(decisions, first_seq):
                 _count(settled, decision)
                 settled = evolve(settled, decision, seq)
@@ -385,6 +389,12 @@ class Orchestrator:
                 state = await self._catch_up(state, through=last_seq)
             else:
                 state = settled
+            for run_id in never_started:
+                # Its clients are told here.
+                try:
+                    await thread_events.publish_cancelled(self.nc.jetstream(), state.thread_id, run_id)
+                except broker.UNREACHABLE as err:  # the decision stands; only its stream clients wait longer
+                    log.warning("cancel not published on the thread stream", run_id=run_id, error=repr(err))
             if isinstance(decisions[-1], contracts.RunRolledBack):
                 await self.log.compact(state.thread_id, decisions[-1].run_id, below=last_seq)
         return state

@@ -178,5 +178,7 @@ class Assistants:
         ]
         return sorted(found, key=lambda a: a["created_at"], reverse=True)
 
-    async def graph_for(self, assistant: dict[str, Any], config: dict[str, Any] | None = None):
-        return await self.graphs.build(assistant["graph_id"], runrequest.merge_config(assistant.get("config"), config))
+    def graph_for(self, assistant: dict[str, Any], config: dict[str, Any] | None = None, store: Any = None):
+        """The assistant's graph for introspection, as an async context manager."""
+        config = runrequest.merge_config(assistant.get("config"), config)
+        return self.graphs.graph(assistant["graph_id"], config, access_context="assistants.read", store=store)

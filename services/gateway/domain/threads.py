@@ -3,6 +3,7 @@ from the checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from typing import Any
@@ -22,8 +23,9 @@ from threadbus.threadlog import ThreadLog
 
 
 class Threads:
-    def __init__(self, log: ThreadLog, saver: JetStreamSaver, graphs: GraphRegistry, kv, reads: Reads):
+    def __init__(self, log: ThreadLog, saver: JetStreamSaver, graphs: GraphRegistry, kv, reads: Reads, store: Any = None):
         self.log = log
+        self.store = store  # what graph factories get as runtime.store
         self.saver = saver
         self.graphs = graphs
         self.kv = kv
@@ -128,21 +130,25 @@ class Threads:
             threads = [{k: t.get(k) for k in wanted} for t in threads]
         return threads
 
-    async def _graph(self, record: dict[str, Any]):
+    @contextlib.asynccontextmanager
+    async def _graph(self, record: dict[str, Any], access_context: str = "threads.read"):
+        """The thread's graph with the log's checkpointer, None before a run chose it."""
         graph_id = (record.get("metadata") or {}).get("graph_id")
         if graph_id is None or graph_id not in self.graphs:
-            return None
-        graph = await self.graphs.build(graph_id, {"configurable": {"thread_id": record["thread_id"]}})
-        return graph.copy(update={"checkpointer": self.saver})
+            yield None
+            return
+        config = {"configurable": {"thread_id": record["thread_id"]}}
+        async with self.graphs.graph(graph_id, config, access_context=access_context, store=self.store) as graph:
+            yield graph.copy(update={"checkpointer": self.saver})
 
     async def state(
         self, record: dict[str, Any], *, subgraphs: bool = False, checkpoint: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        graph = await self._graph(record)
-        if graph is None:
-            return views.empty_state()
-        config = {"configurable": {**(checkpoint or {}), "thread_id": record["thread_id"]}}
-        snapshot = await graph.aget_state(config, subgraphs=subgraphs)
+        async with self._graph(record) as graph:
+            if graph is None:
+                return views.empty_state()
+            config = {"configurable": {**(checkpoint or {}), "thread_id": record["thread_id"]}}
+            snapshot = await graph.aget_state(config, subgraphs=subgraphs)
         if not snapshot.config:
             return views.empty_state()
         return views.snapshot_object(snapshot)
@@ -151,27 +157,27 @@ class Threads:
         record = await self.record(thread_id)
         if await self.reads.in_flight(thread_id):
             raise HTTPException(409, "Thread is busy: a run is in flight; wait for it or cancel it before editing state")
-        graph = await self._graph(record)
-        if graph is None:
-            raise HTTPException(400, "Thread has no graph yet: run an assistant on it first")
-        config = {"configurable": {**(checkpoint or {}), "thread_id": thread_id}}
-        new_config = await graph.aupdate_state(config, values, as_node=as_node)
+        async with self._graph(record, "threads.update") as graph:
+            if graph is None:
+                raise HTTPException(400, "Thread has no graph yet: run an assistant on it first")
+            config = {"configurable": {**(checkpoint or {}), "thread_id": thread_id}}
+            new_config = await graph.aupdate_state(config, values, as_node=as_node)
         return {"checkpoint": views.checkpoint_object(new_config)}
 
     async def history(self, thread_id: str, *, limit: int, before, metadata, checkpoint) -> list[dict[str, Any]]:
         record = await self.record(thread_id)
-        graph = await self._graph(record)
-        if graph is None:
-            return []
-        config = {"configurable": {**(checkpoint or {}), "thread_id": thread_id}}
         if isinstance(before, str):
             before = {"configurable": {"checkpoint_id": before}}
         elif isinstance(before, dict) and "configurable" not in before:
             before = {"configurable": before}
-        return [
-            views.snapshot_object(s)
-            async for s in graph.aget_state_history(config, limit=limit, before=before, filter=metadata)
-        ]
+        async with self._graph(record) as graph:
+            if graph is None:
+                return []
+            config = {"configurable": {**(checkpoint or {}), "thread_id": thread_id}}
+            return [
+                views.snapshot_object(s)
+                async for s in graph.aget_state_history(config, limit=limit, before=before, filter=metadata)
+            ]
 
     async def values(self, thread_id: str) -> Any:
         try:
