@@ -5,6 +5,7 @@ observed on the same subjects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -107,14 +108,14 @@ class Runs:
         ``graph_id``: the run's graph, when the caller knows it (else the thread's record says)."""
         match outcome:
             case contracts.RunSucceeded(values=None, checkpoint_id=str(checkpoint_id)):
-                graph = await self._graph(thread_id, graph_id, outcome.run_id)
-                return await results.checkpoint_values(self.threads.saver, graph, thread_id, checkpoint_id) if graph else {}
+                async with self._graph(thread_id, graph_id, outcome.run_id) as graph:
+                    return await results.checkpoint_values(self.threads.saver, graph, thread_id, checkpoint_id) if graph else {}
             case contracts.RunSucceeded(values=values):
                 return values  # an outcome written before outcomes named their checkpoint
             case contracts.RunInterrupted(values=values, interrupts=interrupts, checkpoint_id=checkpoint_id):
                 if values is None:
-                    graph = await self._graph(thread_id, graph_id, outcome.run_id)
-                    values = await results.paused_values(self.threads.saver, graph, thread_id, checkpoint_id) if graph else {}
+                    async with self._graph(thread_id, graph_id, outcome.run_id) as graph:
+                        values = await results.paused_values(self.threads.saver, graph, thread_id, checkpoint_id) if graph else {}
                 flat = [i for group in interrupts.values() for i in group]
                 if not flat:  # paused by interrupt_before/after: no interrupt values to show
                     return values
@@ -123,6 +124,7 @@ class Runs:
                 return {"__error__": {"error": error, "message": message}}
         return await self.threads.values(thread_id)
 
+    @contextlib.asynccontextmanager
     async def _graph(self, thread_id: str, graph_id: str | None, run_id: str | None = None):
         """The run's graph, with the gateway's saver: the one named, else the run's request's
         (a run requested by another service), else the thread's."""
@@ -133,12 +135,11 @@ class Runs:
             try:
                 record = await self.threads.record(thread_id)
             except HTTPException:
-                return None
+                yield None
+                return
             graph_id = (record.get("metadata") or {}).get("graph_id")
-        if graph_id is None or graph_id not in self.threads.graphs:
-            return None
-        graph = await self.threads.graphs.build(graph_id, {"configurable": {"thread_id": thread_id}})
-        return graph.copy(update={"checkpointer": self.threads.saver})
+        async with self.threads.graph_of({"thread_id": thread_id, "metadata": {"graph_id": graph_id}}) as graph:
+            yield graph
 
     async def request_cancel(self, thread_id: str, run_id: str, action: str) -> None:
         await self.log.append_event(contracts.RunCancelRequested(thread_id=thread_id, run_id=run_id, action=action))

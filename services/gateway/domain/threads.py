@@ -131,7 +131,7 @@ class Threads:
         return threads
 
     @contextlib.asynccontextmanager
-    async def _graph(self, record: dict[str, Any], access_context: str = "threads.read"):
+    async def graph_of(self, record: dict[str, Any], access_context: str = "threads.read"):
         """The thread's graph with the log's checkpointer, None before a run chose it."""
         graph_id = (record.get("metadata") or {}).get("graph_id")
         if graph_id is None or graph_id not in self.graphs:
@@ -144,7 +144,7 @@ class Threads:
     async def state(
         self, record: dict[str, Any], *, subgraphs: bool = False, checkpoint: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        async with self._graph(record) as graph:
+        async with self.graph_of(record) as graph:
             if graph is None:
                 return views.empty_state()
             config = {"configurable": {**(checkpoint or {}), "thread_id": record["thread_id"]}}
@@ -157,7 +157,7 @@ class Threads:
         record = await self.record(thread_id)
         if await self.reads.in_flight(thread_id):
             raise HTTPException(409, "Thread is busy: a run is in flight; wait for it or cancel it before editing state")
-        async with self._graph(record, "threads.update") as graph:
+        async with self.graph_of(record, "threads.update") as graph:
             if graph is None:
                 raise HTTPException(400, "Thread has no graph yet: run an assistant on it first")
             config = {"configurable": {**(checkpoint or {}), "thread_id": thread_id}}
@@ -170,7 +170,7 @@ class Threads:
             before = {"configurable": {"checkpoint_id": before}}
         elif isinstance(before, dict) and "configurable" not in before:
             before = {"configurable": before}
-        async with self._graph(record) as graph:
+        async with self.graph_of(record) as graph:
             if graph is None:
                 return []
             config = {"configurable": {**(checkpoint or {}), "thread_id": thread_id}}
