@@ -24,12 +24,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import psycopg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg.types.json import Jsonb
 
 from threadbus import logs, metrics
-from threadbus.read_model.database import Database, DatabaseUnavailable
+from threadbus.read_model.database import Database, DatabaseUnavailable, UnstorableValue
 
 log = logs.get("threadbus.store_index")
 
@@ -127,7 +126,7 @@ class StoreIndex:
         before puts checked for it) is skipped, alone, rather than stopping the index."""
         try:
             return await self._apply(batch)
-        except psycopg.DataError as err:
+        except UnstorableValue as err:
             if len(batch) > 1:
                 for msg in batch:
                     position = await self._apply_or_skip([msg])
