@@ -25,7 +25,7 @@ SMALL_THREADS, LARGE_THREADS = 50, 5_000
 # What a read may cost more on the large side: a message or two of background traffic that
 # every repetition met, a page more of an index, and for a run (which the projector applies in
 # however many batches its events arrive in) a batch more.
-SLACK = {"messages": 2, "statements": 6, "rows": 6, "pages": 16}
+SLACK = {"messages": 2, "statements": 12, "rows": 12, "pages": 24}
 
 
 def said(text: str) -> dict:

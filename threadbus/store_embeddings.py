@@ -72,7 +72,14 @@ def load_embedder(index: dict[str, Any] | None, resolve: Callable[[str], Any]) -
     if isinstance(embed, str) and _names_a_function(embed):
         embed = resolve(embed)
     fields = index.get("fields") or ["$"]
-    return Embedder(ensure_embeddings(embed), int(index["dims"]), _tokenized(fields))
+    try:
+        embeddings = ensure_embeddings(embed)
+    except ImportError as err:  # a provider string whose packages are not installed
+        raise ValueError(
+            f"store.index.embed {embed!r} needs LangChain and the provider's package (pip install 'threadbus[embeddings]'"
+            f" and e.g. langchain-openai): {err}"
+        ) from err
+    return Embedder(embeddings, int(index["dims"]), _tokenized(fields))
 
 
 def _tokenized(paths: list[str]) -> list[tuple[str, list[str] | str]]:

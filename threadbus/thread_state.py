@@ -165,6 +165,7 @@ def evolve(state: ThreadState, event: Event, seq: int | None = None) -> ThreadSt
                 to_compact=_without(state.to_compact, run_id),
                 queue=_without(state.queue, run_id),
                 running=None if state.running == run_id else state.running,
+                stopping=None if state.running == run_id else state.stopping,
                 statuses=_with_status(state, run_id, None),
             )
         case ThreadDeleted():

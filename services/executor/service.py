@@ -174,7 +174,7 @@ class Executor:
             return
         if deliveries > 1:
             metrics.REDELIVERIES.inc()
-        thread_events = ProtocolRunEvents(self.nc.jetstream(), requested, attempt=deliveries)
+        thread_events = ProtocolRunEvents(self.js, requested, attempt=deliveries)
         if deliveries > self.settings.executor_max_deliver:
             outcome = contracts.RunFailed(
                 thread_id=thread_id,

@@ -63,6 +63,8 @@ class Orchestrator:
         # thread -> events delivered since its last snapshot, for the threads in ``states``
         self.unsaved: dict[str, int] = {}
         self.snapshots = Snapshots(nc.jetstream())
+        # One context for the process's publishes: each context subscribes an inbox of its own.
+        self.js = nc.jetstream()
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # partition -> the task that subscribes to it and holds the subscription; taking a
@@ -392,7 +394,7 @@ class Orchestrator:
             for run_id in never_started:
                 # Its clients are told here.
                 try:
-                    await thread_events.publish_cancelled(self.nc.jetstream(), state.thread_id, run_id)
+                    await thread_events.publish_cancelled(self.js, state.thread_id, run_id)
                 except broker.UNREACHABLE as err:  # the decision stands; only its stream clients wait longer
                     log.warning("cancel not published on the thread stream", run_id=run_id, error=repr(err))
             if isinstance(decisions[-1], contracts.RunRolledBack):

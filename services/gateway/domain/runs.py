@@ -149,9 +149,22 @@ class Runs:
         await self.threads.record(thread_id)
         records.check_uuid(run_id, "run")
         run = await self.reads.run(thread_id, run_id)
+        if run is None and await self.log.last(subjects.run_event(thread_id, run_id, "RunRequested")) is not None:
+            # Requested by another service and not decided yet: it is a run once accepted.
+            run = await self._decided(thread_id, run_id)
         if run is None:
             raise HTTPException(404, "Run not found")
         return rows.run_object(run)
+
+    async def _decided(self, thread_id: str, run_id: str):
+        deadline = asyncio.get_running_loop().time() + self.settings.decision_timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            if await self.log.last(subjects.run_event(thread_id, run_id, "RunRejected")) is not None:
+                return None
+            if (run := await self.reads.run(thread_id, run_id)) is not None:
+                return run
+            await asyncio.sleep(0.02)
+        return None
 
     async def list(self, thread_id: str, *, limit: int, offset: int, status: str | None, select: list[str] | None) -> list[dict]:
         await self.threads.record(thread_id)
