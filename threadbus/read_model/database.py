@@ -8,6 +8,7 @@ have been applied.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -92,6 +93,11 @@ class Database:
             async with self.pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as err:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # psycopg turns a cancelled query into QueryCanceled; the task was cancelled, and
+                # taken for a database outage it would be retried instead of ending.
+                raise asyncio.CancelledError from err
             raise DatabaseUnavailable(str(err).strip() or type(err).__name__) from err
         except (psycopg.DataError, UnicodeEncodeError) as err:
             raise UnstorableValue(str(err).strip().splitlines()[0]) from err
