@@ -278,12 +278,22 @@ def search_sql(
     cosine similarity to ``query_vector`` (best of the item's fields; items without embeddings
     follow, unscored, as in LangGraph's in-memory store), else newest first."""
     _text_only(prefix, filter)
-    where, params = _under("i.namespace", prefix)
+    # The prefix's items first, as a materialized set: left to itself, the planner may walk the
+    # newest-first index of the whole store and filter on the way (seen: 19,810 rows read for a
+    # page of a namespace of 100 items among 20,000).
+    under, under_params = _under("namespace", prefix)
+    source = (
+        f"(with under as materialized (select * from store_items where {' and '.join(under)}) select * from under)"
+        if under
+        else "store_items"
+    )
+    where, params = [], []
     for key, wanted in (filter or {}).items():
         condition, values = _matches(["i.value", key], wanted, top=True)
         where.append(condition)
         params.extend(values)
     where.append("(i.expires_at is null or i.expires_at > now())")
+    score_params: list[Any] = []
     if query_vector is None:
         score, order = "null::float8", "i.updated_at desc"
     else:
@@ -292,11 +302,12 @@ def search_sql(
             "(select max(1 - (v.embedding <=> %s::vector)) from store_vectors v"
             " where v.kv_key = i.kv_key and vector_dims(v.embedding) = %s)"
         )
-        params[:0] = [orjson.dumps(query_vector).decode(), len(query_vector)]
+        score_params = [orjson.dumps(query_vector).decode(), len(query_vector)]
         order = "score desc nulls last, i.updated_at desc"
+    params = [*score_params, *under_params, *params]
     sql = (
         f"select i.namespace, i.key, i.value, i.created_at, i.updated_at, i.expires_at, {score} as score"
-        f" from store_items i where {' and '.join(where)} order by {order} limit %s offset %s"
+        f" from {source} i where {' and '.join(where)} order by {order} limit %s offset %s"
     )
     return sql, [*params, limit, offset]
 
