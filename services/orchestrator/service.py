@@ -51,6 +51,7 @@ _MAX_BATCH = 512
 _RETRY_DELAY_S = 0.5
 _STALL_CHECK_S = 3.0
 PROJECTING_PARTITION = 0
+_STOP_TIMEOUT_S = 5.0
 
 
 class Orchestrator:
@@ -212,7 +213,11 @@ class Orchestrator:
             return
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded: a task that does not end must not keep this orchestrator from renewing and
+        # rebalancing its other leases (the log's expected-sequence checks guard what it might do).
+        _, stuck = await asyncio.wait(tasks, timeout=_STOP_TIMEOUT_S)
+        for task in stuck:
+            log.error("task did not stop when its partition was let go", partition=partition, task=task.get_name(), waiting_in=logs.awaiting(task))
         self._forget_states()
 
     def _forget_states(self) -> None:

@@ -141,31 +141,32 @@ class Projector:
             threads = await rows.load_threads(conn, {subjects.thread_of(e.subject) for e in fresh})
             touched: dict[str, projection.ThreadRow | None] = {}
             newest_values: dict[str, projection.CheckpointIndexed] = {}
-            async with conn.pipeline():
-                for entry in fresh:
-                    try:
-                        event = entry.event()
-                    except msgspec.DecodeError:
-                        log.warning("invalid event not projected", subject=entry.subject, seq=entry.seq)
-                        continue
-                    tid = event.thread_id
-                    row, changes = projection.project(threads.get(tid), event, entry.seq)
-                    threads[tid] = touched[tid] = row
-                    for change in changes:
-                        if isinstance(change, projection.ThreadRemoved):
-                            newest_values.pop(tid, None)
-                        elif isinstance(change, projection.CheckpointIndexed) and change.checkpoint_ns == "":
-                            newest_values[tid] = change
-                        await _write(conn, change)
-                for tid, row in touched.items():
-                    if row is None:
-                        continue
-                    if tid in newest_values:
-                        row.values = projection.state_values(_serde.loads_typed(_blob(newest_values[tid].checkpoint)))
-                    await rows.save_thread(conn, row)
-                await conn.execute(
-                    "update projection_positions set position = %s where projection = %s", (fresh[-1].seq, PROJECTION)
-                )
+            # Not in pipeline mode: a projector cancelled mid-batch (its partition handed over)
+            # must roll back and end at once, which psycopg's pipeline exit does not promise.
+            for entry in fresh:
+                try:
+                    event = entry.event()
+                except msgspec.DecodeError:
+                    log.warning("invalid event not projected", subject=entry.subject, seq=entry.seq)
+                    continue
+                tid = event.thread_id
+                row, changes = projection.project(threads.get(tid), event, entry.seq)
+                threads[tid] = touched[tid] = row
+                for change in changes:
+                    if isinstance(change, projection.ThreadRemoved):
+                        newest_values.pop(tid, None)
+                    elif isinstance(change, projection.CheckpointIndexed) and change.checkpoint_ns == "":
+                        newest_values[tid] = change
+                    await _write(conn, change)
+            for tid, row in touched.items():
+                if row is None:
+                    continue
+                if tid in newest_values:
+                    row.values = projection.state_values(_serde.loads_typed(_blob(newest_values[tid].checkpoint)))
+                await rows.save_thread(conn, row)
+            await conn.execute(
+                "update projection_positions set position = %s where projection = %s", (fresh[-1].seq, PROJECTION)
+            )
             return fresh[-1].seq
 
 
