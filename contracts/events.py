@@ -130,6 +130,10 @@ class RunRequested(Event, tag=True, kw_only=True):
     multitask_strategy: MultitaskStrategy = "enqueue"
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     kwargs: RunKwargs = msgspec.field(default_factory=RunKwargs)
+    # The publisher checked, just before publishing, that the assistant and the thread exist (the
+    # gateway does, to answer 404 at once): the orchestrator does not ask again. A publisher that
+    # did not check leaves it False and has a missing record answered with a RunRejected.
+    admitted: bool = False
 
     @property
     def resumes(self) -> bool:
@@ -164,8 +168,14 @@ class RunCancelled(Event, tag=True, kw_only=True):
     action: CancelAction
 
 
+# On an outcome, ``webhook`` tells the webhook sender whether the run's request named a webhook,
+# so that it reads the request only for those runs; None (an outcome written before it was told,
+# or by a writer that does not know) means "read the request to find out".
+
+
 class RunStopped(Event, tag=True, kw_only=True):
     run_id: str
+    webhook: bool | None = None
 
 
 class RunSucceeded(Event, tag=True, kw_only=True):
@@ -175,6 +185,7 @@ class RunSucceeded(Event, tag=True, kw_only=True):
     run_id: str
     checkpoint_id: str | None = None
     values: Any = None  # written by threadbus before outcomes named their checkpoint; read, never written
+    webhook: bool | None = None
 
 
 RUN_TIMEOUT = "RunTimeout"
@@ -186,6 +197,7 @@ class RunFailed(Event, tag=True, kw_only=True):
     error: str
     message: str
     values: Any = None
+    webhook: bool | None = None
 
 
 class RunInterrupted(Event, tag=True, kw_only=True):
@@ -196,6 +208,7 @@ class RunInterrupted(Event, tag=True, kw_only=True):
     checkpoint_id: str | None = None  # the paused state, as in RunSucceeded
     values: Any = None  # written by threadbus before outcomes named their checkpoint; read, never written
     interrupts: dict[str, list[dict[str, Any]]] = msgspec.field(default_factory=dict)
+    webhook: bool | None = None
 
 
 class RunRolledBack(Event, tag=True, kw_only=True):
@@ -247,6 +260,9 @@ class CheckpointPointer(Event, tag=True, kw_only=True):
     run_id: str
     checkpoint_ns: str
     checkpoint_id: str
+    # A stream sequence the checkpoint's pending writes all come after (the writing run's
+    # RunStarted), so that a reader fetches them without looking that up first; 0: unknown.
+    writes_after: int = 0
 
 
 class PendingWrite(msgspec.Struct, array_like=True):
