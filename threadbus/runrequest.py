@@ -36,9 +36,11 @@ def build(
     stream_mode: str | list[str] | None = None,
     interrupt_before: list[str] | str | None = None,
     interrupt_after: list[str] | str | None = None,
+    admitted: bool = False,
     **kwargs: Any,
 ) -> contracts.RunRequested:
-    """``kwargs`` are the remaining :class:`contracts.RunKwargs` fields (input, command, webhook, ...)."""
+    """``kwargs`` are the remaining :class:`contracts.RunKwargs` fields (input, command, webhook, ...).
+    ``admitted``: the caller has just checked that the assistant and the thread exist."""
     stream_mode = stream_mode or ["values"]
     merged = merge_config(assistant.get("config"), config)
     return contracts.RunRequested(
@@ -47,6 +49,7 @@ def build(
         assistant_id=assistant["assistant_id"],
         graph_id=assistant["graph_id"],
         multitask_strategy=multitask_strategy or "enqueue",
+        admitted=admitted,
         metadata={**(assistant.get("metadata") or {}), **(metadata or {}), "assistant_id": assistant["assistant_id"]},
         kwargs=contracts.RunKwargs(
             config=merged,

@@ -207,8 +207,7 @@ class Crons:
                 await self.backend.threads.create(
                     ThreadCreate(thread_id=thread_id, if_exists="do_nothing", metadata={"cron_id": record["cron_id"]})
                 )
-        request = await self.backend.runs.prepare(thread_id, body, temporary=temporary, run_id=run_id)
-        await self.backend.log.append_event(request)
+        await self.backend.runs.append(await self.backend.runs.prepare(thread_id, body, temporary=temporary, run_id=run_id))
         log.info("cron fired", cron_id=record["cron_id"], thread_id=thread_id, run_id=run_id, due=due.isoformat())
 
 

@@ -18,9 +18,14 @@ from threadbus.checkpointer import JetStreamSaver
 from threadbus.jsonable import jsonable
 
 
-async def checkpoint_values(saver: JetStreamSaver, graph, thread_id: str, checkpoint_id: str) -> Any:
-    """The state values in one checkpoint of the thread's root namespace; {} when it is gone."""
-    entry = await saver.log.last(subjects.checkpoints(thread_id, "", checkpoint_id))
+async def checkpoint_values(saver: JetStreamSaver, graph, thread_id: str, checkpoint_id: str, written_by: str | None = None) -> Any:
+    """The state values in one checkpoint of the thread's root namespace; {} when it is gone.
+    ``written_by``: the run that most likely wrote it (a run's outcome names its own last
+    checkpoint), whose literal subject is read first; a cost that does not grow with the thread's
+    runs, where the subject with any run walks them all."""
+    entry = await saver.log.last(subjects.stored_checkpoint(thread_id, written_by, "", checkpoint_id)) if written_by else None
+    if entry is None:
+        entry = await saver.log.last(subjects.checkpoints(thread_id, "", checkpoint_id))
     if entry is None:
         return {}
     blob = entry.event().checkpoint
@@ -32,7 +37,7 @@ async def checkpoint_values(saver: JetStreamSaver, graph, thread_id: str, checkp
     return jsonable(read_channels(channels, graph.stream_channels_asis))
 
 
-async def paused_values(saver: JetStreamSaver, graph, thread_id: str, checkpoint_id: str | None) -> Any:
+async def paused_values(saver: JetStreamSaver, graph, thread_id: str, checkpoint_id: str | None, written_by: str | None = None) -> Any:
     """The values of a pause as the thread's state shows them while it is paused there: with the
     writes of the tasks that finished beside the interrupted one (parallel branches) applied. A
     pause is not the hot path, so this is a state read."""
@@ -40,4 +45,4 @@ async def paused_values(saver: JetStreamSaver, graph, thread_id: str, checkpoint
     newest = (snapshot.config or {}).get("configurable", {}).get("checkpoint_id")
     if checkpoint_id is None or newest == checkpoint_id:
         return jsonable(snapshot.values)
-    return await checkpoint_values(saver, graph, thread_id, checkpoint_id)  # the thread moved on since
+    return await checkpoint_values(saver, graph, thread_id, checkpoint_id, written_by)  # the thread moved on since

@@ -30,17 +30,18 @@ def _location(run: dict, *, join: bool = False) -> dict[str, str]:
 
 async def _create(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> dict:
     b = backend(request)
-    run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
-    async with b.runs.events(thread_id, run_request.run_id, fresh=True) as events:
-        return await b.runs.submit(run_request, events)
+    prepared = await b.runs.prepare(thread_id, body, temporary=temporary)
+    async with b.runs.events(thread_id, prepared.request.run_id, fresh=True) as events:
+        return await b.runs.submit(prepared, events)
 
 
 async def _wait(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> JSONResponse:
     b = backend(request)
-    run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
+    prepared = await b.runs.prepare(thread_id, body, temporary=temporary)
+    run_request = prepared.request
     outcome = None
     async with b.runs.events(thread_id, run_request.run_id, fresh=True) as events:
-        run = await b.runs.submit(run_request, events)
+        run = await b.runs.submit(prepared, events)
         if events.ag_frame is not None:  # not ended by the decision timeout
             outcome = await views.outcome(events)
     if outcome is None:
@@ -64,13 +65,13 @@ async def wait(thread_id: str, body: RunCreate, request: Request):
 
 async def _stream(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> StreamingResponse:
     b = backend(request)
-    run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
-    run_id = run_request.run_id
+    prepared = await b.runs.prepare(thread_id, body, temporary=temporary)
+    run_id = prepared.request.run_id
     stack = AsyncExitStack()
     try:
         events = await stack.enter_async_context(b.runs.events(thread_id, run_id, fresh=True))
         chunks = await streams.open_chunks(b.js, thread_id, run_id, 0, stack)
-        run = await b.runs.submit(run_request, events)
+        run = await b.runs.submit(prepared, events)
     except BaseException:
         await stack.aclose()
         raise

@@ -61,8 +61,11 @@ class WebhookSender:
             return
         thread_id, run_id = outcome.thread_id, outcome.run_id
         with structlog.contextvars.bound_contextvars(thread_id=thread_id, run_id=run_id):
-            # Most runs have no webhook: one literal get of the request tells, whatever the
-            # thread's length; the run's other events are read only for a run that has one.
+            if getattr(outcome, "webhook", None) is False:  # its executor knew the request
+                await msg.ack()
+                return
+            # Not told: one literal get of the request tells, whatever the thread's length; the
+            # run's other events are read only for a run that has one.
             requested = await self.backend.log.last(subjects.run_event(thread_id, run_id, "RunRequested"))
             if requested is None or not _webhook_of(requested):
                 await msg.ack()

@@ -82,7 +82,7 @@ class Requester:
         the log and will be decided)."""
         await self._thread(thread_id)
         assistant = await self._assistant(assistant_id)
-        request = runrequest.build(thread_id, assistant, input=input, command=command, **fields)
+        request = runrequest.build(thread_id, assistant, input=input, command=command, admitted=True, **fields)
         await self._remember_graph(thread_id, assistant)
         return await self._submit(request, wait)
 
@@ -96,7 +96,7 @@ class Requester:
         if assistant_id is None:
             raise UnknownAssistant(f"thread {thread_id} has not run an assistant yet: name one")
         assistant = await self._assistant(assistant_id)
-        request = runrequest.build(thread_id, assistant, command={"resume": answer}, **fields)
+        request = runrequest.build(thread_id, assistant, command={"resume": answer}, admitted=True, **fields)
         await self._remember_graph(thread_id, assistant)
         return await self._submit(request, wait)
 

@@ -59,14 +59,16 @@ async def put_new(kv, key: str, record: dict[str, Any]) -> bool:
     except nats.js.errors.KeyWrongLastSequenceError:
         return False
 
-async def update(kv, key: str, change) -> dict[str, Any] | None:
+async def update(kv, key: str, change, current: tuple[dict[str, Any], int] | None = None) -> dict[str, Any] | None:
     """Read-modify-write with a revision check, retried on a concurrent update.
 
     ``change`` returns None when the record already says what it would write, so writers that
     race to set the same value stop at the first re-read instead of exhausting the retries.
+    ``current``: the record and its revision as just read, which saves the first read.
     """
     for _ in range(10):
-        current = await get(kv, key)
+        if current is None:
+            current = await get(kv, key)
         if current is None:
             return None
         record, revision = current
@@ -77,6 +79,7 @@ async def update(kv, key: str, change) -> dict[str, Any] | None:
             await kv.update(key, orjson.dumps(updated), last=revision)
             return updated
         except nats.js.errors.KeyWrongLastSequenceError:
+            current = None
             continue
     raise HTTPException(409, f"{key} is being updated concurrently; try again")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException
@@ -32,6 +33,19 @@ IN_FLIGHT = ("pending", "running")
 _REJECTION_STATUS = {"not_paused": 400, "unknown_assistant": 404, "unknown_thread": 404}
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run request checked and built, not appended yet."""
+
+    request: contracts.RunRequested
+    # The thread's metadata, changed by naming the run's graph: it goes into the log with the request.
+    thread_updated: contracts.ThreadUpdated | None = None
+
+    @property
+    def events(self) -> list[contracts.Event]:
+        return [self.thread_updated, self.request] if self.thread_updated else [self.request]
+
+
 class Runs:
     def __init__(
         self, log: ThreadLog, settings: Settings, assistants: Assistants, threads: Threads, reads: Reads, watch: RunWatch
@@ -50,21 +64,23 @@ class Runs:
 
     async def prepare(
         self, thread_id: str, body: RunCreate, *, temporary: bool = False, run_id: str | None = None
-    ) -> contracts.RunRequested:
+    ) -> PreparedRun:
         if body.webhook and not body.webhook.startswith(("http://", "https://")):
             raise HTTPException(422, f"webhook must be an http(s) URL, got {body.webhook!r}")
         assistant = await self.assistants.for_run(body.assistant_id)
+        thread_updated = None
         if not temporary:
             try:
-                await self.threads.record(thread_id)
+                current = await self.threads.record_and_revision(thread_id)
             except HTTPException as err:
                 if err.status_code != 404:
                     raise
                 if body.if_not_exists != "create":
                     raise HTTPException(404, "Thread or assistant not found.") from None
                 await self.threads.create(ThreadCreate(thread_id=thread_id, if_exists="do_nothing"))
-            await self.threads.remember_graph(thread_id, assistant)
-        return runrequest.build(
+                current = await self.threads.record_and_revision(thread_id)
+            thread_updated = await self.threads.remember_graph(thread_id, assistant, current)
+        request = runrequest.build(
             thread_id,
             assistant,
             run_id=run_id,
@@ -84,11 +100,18 @@ class Runs:
             resumable=body.stream_resumable,
             temporary=temporary,
             durability=body.durability,
+            admitted=True,
         )
+        return PreparedRun(request, thread_updated)
 
-    async def submit(self, request: contracts.RunRequested, events: AsyncIterator[contracts.Event]) -> dict[str, Any]:
+    async def append(self, prepared: PreparedRun) -> None:
+        """The request in the log, with the thread's metadata change if it has one: both or neither."""
+        await self.log.append_events(prepared.events)
+
+    async def submit(self, prepared: PreparedRun, events: AsyncIterator[contracts.Event]) -> dict[str, Any]:
         """Append the request and wait for the orchestrator's decision; 409 when it rejects."""
-        await self.log.append_event(request)
+        request = prepared.request
+        await self.append(prepared)
         try:
             async with asyncio.timeout(self.settings.decision_timeout_s):
                 async for event in events:
@@ -109,13 +132,13 @@ class Runs:
         match outcome:
             case contracts.RunSucceeded(values=None, checkpoint_id=str(checkpoint_id)):
                 async with self._graph(thread_id, graph_id, outcome.run_id) as graph:
-                    return await results.checkpoint_values(self.threads.saver, graph, thread_id, checkpoint_id) if graph else {}
+                    return await results.checkpoint_values(self.threads.saver, graph, thread_id, checkpoint_id, outcome.run_id) if graph else {}
             case contracts.RunSucceeded(values=values):
                 return values  # an outcome written before outcomes named their checkpoint
             case contracts.RunInterrupted(values=values, interrupts=interrupts, checkpoint_id=checkpoint_id):
                 if values is None:
                     async with self._graph(thread_id, graph_id, outcome.run_id) as graph:
-                        values = await results.paused_values(self.threads.saver, graph, thread_id, checkpoint_id) if graph else {}
+                        values = await results.paused_values(self.threads.saver, graph, thread_id, checkpoint_id, outcome.run_id) if graph else {}
                 flat = [i for group in interrupts.values() for i in group]
                 if not flat:  # paused by interrupt_before/after: no interrupt values to show
                     return values

@@ -32,6 +32,10 @@ class Threads:
         self.reads = reads
 
     async def record(self, thread_id: str) -> dict[str, Any]:
+        return (await self.record_and_revision(thread_id))[0]
+
+    async def record_and_revision(self, thread_id: str) -> tuple[dict[str, Any], int]:
+        """The thread's record as the caller may see it, and its revision in the bucket."""
         records.check_uuid(thread_id, "thread")
         found = await records.get(self.kv, thread_id)
         if found is None or not auth.owns(found[0].get("metadata")):
@@ -39,7 +43,7 @@ class Threads:
         filters = await auth.authorize("threads", "read", {"thread_id": thread_id})
         if not auth.satisfies(found[0].get("metadata"), filters):
             raise records.not_found(f"Thread with ID {thread_id}")
-        return found[0]
+        return found
 
     async def create(self, body: ThreadCreate) -> dict[str, Any]:
         thread_id = records.check_uuid(body.thread_id, "thread") if body.thread_id else str(uuid.uuid4())
@@ -186,20 +190,16 @@ class Threads:
             return {}
         return (await self.state(record))["values"]
 
-    async def remember_graph(self, thread_id: str, assistant: dict[str, Any]) -> None:
-        """Record which graph the thread runs, as LangGraph Platform does in thread metadata."""
-        changed = False
-
-        def change(r):
-            nonlocal changed
-            updated = runrequest.with_graph(r, assistant, records.iso_now())
-            changed = updated is not None
-            return updated
-
-        updated = await records.update(self.kv, thread_id, change)
-        if changed and updated is not None:
-            # In the log too, so that the read model (and any replay) knows the thread's graph.
-            await self.log.append_event(contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"]))
+    async def remember_graph(
+        self, thread_id: str, assistant: dict[str, Any], current: tuple[dict[str, Any], int]
+    ) -> contracts.ThreadUpdated | None:
+        """Record which graph the thread runs, as LangGraph Platform does in thread metadata
+        (``current``: the record and revision just read). Returns the event that tells the log,
+        when the metadata changed: appended with the run's request, in one batch."""
+        if runrequest.with_graph(current[0], assistant, "") is None:
+            return None  # the common case: nothing to write
+        updated = await records.update(self.kv, thread_id, lambda r: runrequest.with_graph(r, assistant, records.iso_now()), current)
+        return None if updated is None else contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"])
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
