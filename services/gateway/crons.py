@@ -207,7 +207,8 @@ class Crons:
                 await self.backend.threads.create(
                     ThreadCreate(thread_id=thread_id, if_exists="do_nothing", metadata={"cron_id": record["cron_id"]})
                 )
-        await self.backend.runs.append(await self.backend.runs.prepare(thread_id, body, temporary=temporary, run_id=run_id))
+        request = await self.backend.runs.prepare(thread_id, body, temporary=temporary, run_id=run_id)
+        await self.backend.log.append_event(request)
         log.info("cron fired", cron_id=record["cron_id"], thread_id=thread_id, run_id=run_id, due=due.isoformat())
 
 

@@ -30,18 +30,17 @@ def _location(run: dict, *, join: bool = False) -> dict[str, str]:
 
 async def _create(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> dict:
     b = backend(request)
-    prepared = await b.runs.prepare(thread_id, body, temporary=temporary)
-    async with b.runs.events(thread_id, prepared.request.run_id, fresh=True) as events:
-        return await b.runs.submit(prepared, events)
+    run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
+    async with b.runs.events(thread_id, run_request.run_id, fresh=True) as events:
+        return await b.runs.submit(run_request, events)
 
 
 async def _wait(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> JSONResponse:
     b = backend(request)
-    prepared = await b.runs.prepare(thread_id, body, temporary=temporary)
-    run_request = prepared.request
+    run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
     outcome = None
     async with b.runs.events(thread_id, run_request.run_id, fresh=True) as events:
-        run = await b.runs.submit(prepared, events)
+        run = await b.runs.submit(run_request, events)
         if events.ag_frame is not None:  # not ended by the decision timeout
             outcome = await views.outcome(events)
     if outcome is None:
@@ -65,13 +64,13 @@ async def wait(thread_id: str, body: RunCreate, request: Request):
 
 async def _stream(request: Request, thread_id: str, body: RunCreate, *, temporary: bool = False) -> StreamingResponse:
     b = backend(request)
-    prepared = await b.runs.prepare(thread_id, body, temporary=temporary)
-    run_id = prepared.request.run_id
+    run_request = await b.runs.prepare(thread_id, body, temporary=temporary)
+    run_id = run_request.run_id
     stack = AsyncExitStack()
     try:
         events = await stack.enter_async_context(b.runs.events(thread_id, run_id, fresh=True))
         chunks = await streams.open_chunks(b.js, thread_id, run_id, 0, stack)
-        run = await b.runs.submit(prepared, events)
+        run = await b.runs.submit(run_request, events)
     except BaseException:
         await stack.aclose()
         raise

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException
@@ -33,19 +32,6 @@ IN_FLIGHT = ("pending", "running")
 _REJECTION_STATUS = {"not_paused": 400, "unknown_assistant": 404, "unknown_thread": 404}
 
 
-@dataclass(frozen=True)
-class PreparedRun:
-    """A run request checked and built, not appended yet."""
-
-    request: contracts.RunRequested
-    # The thread's metadata, changed by naming the run's graph: it goes into the log with the request.
-    thread_updated: contracts.ThreadUpdated | None = None
-
-    @property
-    def events(self) -> list[contracts.Event]:
-        return [self.thread_updated, self.request] if self.thread_updated else [self.request]
-
-
 class Runs:
     def __init__(
         self, log: ThreadLog, settings: Settings, assistants: Assistants, threads: Threads, reads: Reads, watch: RunWatch
@@ -64,11 +50,10 @@ class Runs:
 
     async def prepare(
         self, thread_id: str, body: RunCreate, *, temporary: bool = False, run_id: str | None = None
-    ) -> PreparedRun:
+    ) -> contracts.RunRequested:
         if body.webhook and not body.webhook.startswith(("http://", "https://")):
             raise HTTPException(422, f"webhook must be an http(s) URL, got {body.webhook!r}")
         assistant = await self.assistants.for_run(body.assistant_id)
-        thread_updated = None
         if not temporary:
             try:
                 current = await self.threads.record_and_revision(thread_id)
@@ -79,8 +64,8 @@ class Runs:
                     raise HTTPException(404, "Thread or assistant not found.") from None
                 await self.threads.create(ThreadCreate(thread_id=thread_id, if_exists="do_nothing"))
                 current = await self.threads.record_and_revision(thread_id)
-            thread_updated = await self.threads.remember_graph(thread_id, assistant, current)
-        request = runrequest.build(
+            await self.threads.remember_graph(thread_id, assistant, current)
+        return runrequest.build(
             thread_id,
             assistant,
             run_id=run_id,
@@ -102,16 +87,10 @@ class Runs:
             durability=body.durability,
             admitted=True,
         )
-        return PreparedRun(request, thread_updated)
 
-    async def append(self, prepared: PreparedRun) -> None:
-        """The request in the log, with the thread's metadata change if it has one: both or neither."""
-        await self.log.append_events(prepared.events)
-
-    async def submit(self, prepared: PreparedRun, events: AsyncIterator[contracts.Event]) -> dict[str, Any]:
+    async def submit(self, request: contracts.RunRequested, events: AsyncIterator[contracts.Event]) -> dict[str, Any]:
         """Append the request and wait for the orchestrator's decision; 409 when it rejects."""
-        request = prepared.request
-        await self.append(prepared)
+        await self.log.append_event(request)
         try:
             async with asyncio.timeout(self.settings.decision_timeout_s):
                 async for event in events:

@@ -190,16 +190,24 @@ class Threads:
             return {}
         return (await self.state(record))["values"]
 
-    async def remember_graph(
-        self, thread_id: str, assistant: dict[str, Any], current: tuple[dict[str, Any], int]
-    ) -> contracts.ThreadUpdated | None:
+    async def remember_graph(self, thread_id: str, assistant: dict[str, Any], current: tuple[dict[str, Any], int]) -> None:
         """Record which graph the thread runs, as LangGraph Platform does in thread metadata
-        (``current``: the record and revision just read). Returns the event that tells the log,
-        when the metadata changed: appended with the run's request, in one batch."""
+        (``current``: the record and revision just read), in the record and in the log, so that
+        the read model (and any replay) knows it too. Not one atomic batch with the run's request:
+        on file storage the broker syncs a batch to disk, several milliseconds."""
         if runrequest.with_graph(current[0], assistant, "") is None:
-            return None  # the common case: nothing to write
-        updated = await records.update(self.kv, thread_id, lambda r: runrequest.with_graph(r, assistant, records.iso_now()), current)
-        return None if updated is None else contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"])
+            return  # the common case: nothing to write
+        changed = False
+
+        def change(record):
+            nonlocal changed
+            updated = runrequest.with_graph(record, assistant, records.iso_now())
+            changed = updated is not None  # not when a concurrent request wrote it first
+            return updated
+
+        updated = await records.update(self.kv, thread_id, change, current)
+        if changed and updated is not None:
+            await self.log.append_event(contracts.ThreadUpdated(thread_id=thread_id, metadata=updated["metadata"]))
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")

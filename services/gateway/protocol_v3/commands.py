@@ -168,11 +168,10 @@ class Commands:
             raise CommandError("invalid_argument", str(err)) from None
 
     async def _submit(self, thread_id: str, body: RunCreate) -> str:
-        prepared = await self.backend.runs.prepare(thread_id, body)
-        request = prepared.request
+        request = await self.backend.runs.prepare(thread_id, body)
         request.kwargs.thread_stream = True
         async with self.backend.runs.events(thread_id, request.run_id) as control:
-            await self.backend.runs.submit(prepared, control)
+            await self.backend.runs.submit(request, control)
         log.info("run started by thread protocol", thread_id=thread_id, run_id=request.run_id)
         return request.run_id
 
