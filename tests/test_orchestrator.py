@@ -51,7 +51,7 @@ async def test_a_rollback_whose_purge_never_happened_is_compacted_when_the_threa
     await log.append(subjects.checkpoint(tid, rid, "", "c1"), b"{}", msg_id=f"ckpt:{tid}:{rid}")
     await log.append_event(contracts.RunRolledBack(thread_id=tid, run_id=rid))
 
-    state = await Orchestrator(nc, Settings())._load(tid)
+    state, _ = await Orchestrator(nc, Settings())._load(tid)
 
     remaining = [contracts.decode(e.data) for e in await log.read(subjects.thread_all(tid))]
     assert [type(e).__name__ for e in remaining] == ["RunRolledBack"]

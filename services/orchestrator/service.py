@@ -261,9 +261,10 @@ class Orchestrator:
             epoch = self.epoch
             state = self.states.get(thread_id)
             if state is None:
-                state = await self._cold_start(thread_id, through=max(m.metadata.sequence.stream for m in msgs))
-            # Our own decisions come back as delivered events too: counting deliveries counts them.
-            unsaved = self.unsaved.get(thread_id, 0) + len(msgs)
+                state, unsaved = await self._cold_start(thread_id, through=max(m.metadata.sequence.stream for m in msgs))
+            else:
+                # Our own decisions come back as delivered events too: counting deliveries counts them.
+                unsaved = self.unsaved.get(thread_id, 0) + len(msgs)
             deleted = False
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
@@ -281,10 +282,11 @@ class Orchestrator:
                 self._remember(state)
                 self.unsaved[thread_id] = await self._snapshot(state, unsaved, deleted)
 
-    async def _cold_start(self, thread_id: str, through: int) -> ThreadState:
-        """The thread's state from its snapshot and the log's tail after it. A snapshot whose
-        sequence does not hold one of the thread's events is not of this log (a stream created
-        anew under the bucket) or its event was compacted away: the thread is folded from the start."""
+    async def _cold_start(self, thread_id: str, through: int) -> tuple[ThreadState, int]:
+        """The thread's state from its snapshot and the log's tail after it, and the tail's length
+        (events not in a snapshot). A snapshot whose sequence does not hold one of the thread's
+        events is not of this log (a stream created anew under the bucket) or its event was
+        compacted away: the thread is folded from the start."""
         snapshot = await self.snapshots.load(thread_id)
         if snapshot is not None and snapshot.seq:
             event = await self.log.at(snapshot.seq)
@@ -293,22 +295,22 @@ class Orchestrator:
                 return await self._load(thread_id, through)
         return await self._fold_tail(snapshot or ThreadState(thread_id=thread_id), through)
 
-    async def _load(self, thread_id: str, through: int = 0) -> ThreadState:
+    async def _load(self, thread_id: str, through: int = 0) -> tuple[ThreadState, int]:
         """The thread's state folded from the start of its log, when the view we had was refused:
         its snapshot, which may be what was wrong, is dropped."""
         await self.snapshots.drop(thread_id)
         return await self._fold_tail(ThreadState(thread_id=thread_id), through)
 
-    async def _fold_tail(self, state: ThreadState, through: int) -> ThreadState:
-        """``state`` and the thread's log after it, which holds at least sequence ``through``: a
+    async def _fold_tail(self, state: ThreadState, through: int) -> tuple[ThreadState, int]:
+        """``state`` and the thread's log after it, which holds at least sequence ``through`` (a
         state folded from a lagging replica and then fed a newer event would pass the
-        expected-sequence check with a gap in its view."""
+        expected-sequence check with a gap in its view); and how many events that was."""
         entries = await self.log.read(
             subjects.thread_control(state.thread_id), after=state.seq, through=through if through > state.seq else 0
         )
         events = list(_decoded(entries))
         await self._finish_compactions(state.thread_id, events)
-        return fold(state, events)
+        return fold(state, events), len(events)
 
     async def _snapshot(self, state: ThreadState, unsaved: int, deleted: bool) -> int:
         """Saves (or, for a deleted thread, drops) the thread's snapshot when it is due; returns
@@ -374,7 +376,7 @@ class Orchestrator:
                 caught_up = await self._catch_up(state, through=newest)
                 if caught_up.seq == state.seq or conflicts > 3:
                     # Nothing newer to read, yet the check failed: our view is wrong; rebuild it.
-                    caught_up = await self._load(state.thread_id, through=newest)
+                    caught_up, _ = await self._load(state.thread_id, through=newest)
                 state = caught_up
                 continue
             first_seq = last_seq - len(decisions) + 1
