@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 
 import nats
 import pytest
+from nats.js.kv import KeyValue
 
 import contracts
 from contracts import subjects
 from services.orchestrator.service import Orchestrator
+from threadbus import broker
+from threadbus.admission import assistant_id_for
 from threadbus.broker import bootstrap
 from threadbus.embedded import EmbeddedNats
 from threadbus.settings import Settings
 from threadbus.threadlog import ThreadLog
+from tests.support import database_for
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +80,51 @@ async def test_a_rollback_followed_by_a_start_is_not_compacted_again(nc):
     await Orchestrator(nc, Settings())._load(tid)
 
     assert len(await log.read(subjects.run_all(tid, new))) == 4
+
+
+async def test_a_request_its_publisher_admitted_is_decided_without_reading_the_records(nc, quiet_nats, monkeypatch):
+    # The gateway reads the thread and the assistant to answer 404 before it publishes, and says
+    # so: the orchestrator takes its word (no record exists here, yet the run is accepted). A
+    # request that does not say so is checked, and one naming no thread is refused.
+    reads = []
+    get = KeyValue.get
+
+    async def counted(kv, key, *args, **kwargs):
+        if kv._name in (broker.THREADS_BUCKET, broker.ASSISTANTS_BUCKET):
+            reads.append((kv._name, key))
+        return await get(kv, key, *args, **kwargs)
+
+    monkeypatch.setattr(KeyValue, "get", counted)
+    settings = Settings()
+    settings.database_url = database_for(quiet_nats)
+    log = ThreadLog(nc)
+    admitted, checked = (str(uuid.uuid4()), str(uuid.uuid4())), (str(uuid.uuid4()), str(uuid.uuid4()))
+    stop = asyncio.Event()
+    orchestrator = asyncio.create_task(Orchestrator(nc, settings).run(stop))
+    try:
+        await log.append_event(
+            contracts.RunRequested(thread_id=admitted[0], run_id=admitted[1], assistant_id="a", graph_id="g", admitted=True)
+        )
+        started = await _decision(log, admitted[0])
+        assert isinstance(started, contracts.RunStarted) and started.run_id == admitted[1]
+        assert reads == []
+
+        await (await nc.jetstream().key_value(broker.ASSISTANTS_BUCKET)).put(assistant_id_for("g"), b'{"graph_id": "g"}')
+        await log.append_event(contracts.RunRequested(thread_id=checked[0], run_id=checked[1], assistant_id="g", graph_id="g"))
+        rejected = await _decision(log, checked[0])
+        assert isinstance(rejected, contracts.RunRejected) and rejected.reason == "unknown_thread", rejected
+        assert {name for name, _ in reads} == {broker.THREADS_BUCKET, broker.ASSISTANTS_BUCKET}
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await orchestrator
+
+
+async def _decision(log: ThreadLog, thread_id: str) -> contracts.Event:
+    """The last event of the thread once the orchestrator has answered its request."""
+    async with asyncio.timeout(30):
+        while True:
+            last = await log.last(subjects.thread_control(thread_id))
+            if last is not None and not isinstance(event := last.event(), contracts.RunRequested):
+                return event
+            await asyncio.sleep(0.05)
