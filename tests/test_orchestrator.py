@@ -13,13 +13,13 @@ from nats.js.kv import KeyValue
 import contracts
 from contracts import subjects
 from services.orchestrator.service import Orchestrator
+from tests.support import database_for
 from threadbus import broker
 from threadbus.admission import assistant_id_for
 from threadbus.broker import bootstrap
 from threadbus.embedded import EmbeddedNats
 from threadbus.settings import Settings
 from threadbus.threadlog import ThreadLog
-from tests.support import database_for
 
 
 @pytest.fixture(scope="module")

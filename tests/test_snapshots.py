@@ -19,6 +19,7 @@ import contracts
 from contracts import subjects
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.snapshots import Snapshots, worth_saving
+from tests.support import database_for
 from threadbus import broker
 from threadbus.admission import assistant_id_for
 from threadbus.broker import bootstrap
@@ -26,7 +27,6 @@ from threadbus.embedded import EmbeddedNats
 from threadbus.settings import Settings
 from threadbus.thread_state import ThreadState, fold
 from threadbus.threadlog import ThreadLog
-from tests.support import database_for
 
 
 @pytest.fixture(scope="module")
