@@ -128,3 +128,61 @@ async def _decision(log: ThreadLog, thread_id: str) -> contracts.Event:
             if last is not None and not isinstance(event := last.event(), contracts.RunRequested):
                 return event
             await asyncio.sleep(0.05)
+
+
+async def _threads_of_one_partition(log: ThreadLog, count: int) -> tuple[int, list[str]]:
+    """Threads (created in the log) that the stream's transform puts in one partition."""
+    by_partition: dict[int, list[str]] = {}
+    while True:
+        tid = str(uuid.uuid4())
+        await log.append_event(contracts.ThreadCreated(thread_id=tid))
+        partition = subjects.partition_of((await log.last(subjects.thread_control(tid))).subject)
+        by_partition.setdefault(partition, []).append(tid)
+        if len(by_partition[partition]) == count:
+            return partition, by_partition[partition]
+
+
+async def test_a_partitions_ack_floor_waits_for_a_thread_whose_handling_failed(nc, quiet_nats, monkeypatch):
+    # Acks are cumulative: an event is acknowledged only once every event before it in the
+    # partition is handled, so a takeover (which resumes from the ack floor) never skips the
+    # request of a thread whose handling failed, though later threads' were decided.
+    log = ThreadLog(nc)
+    partition, (stuck, fine) = await _threads_of_one_partition(log, 2)
+    failing = {stuck}
+    handle = Orchestrator._handle_thread
+
+    async def flaky(self, thread_id, msgs):
+        if thread_id in failing:
+            raise RuntimeError("injected")
+        return await handle(self, thread_id, msgs)
+
+    monkeypatch.setattr(Orchestrator, "_handle_thread", flaky)
+    settings = Settings()
+    settings.database_url = database_for(quiet_nats)
+    js = nc.jetstream()
+    consumer = broker.orchestrator_durable(partition)
+    stop = asyncio.Event()
+    orchestrator = asyncio.create_task(Orchestrator(nc, settings).run(stop))
+    try:
+        requested = await log.append_event(
+            contracts.RunRequested(thread_id=stuck, run_id=str(uuid.uuid4()), assistant_id="a", graph_id="g", admitted=True)
+        )
+        await log.append_event(
+            contracts.RunRequested(thread_id=fine, run_id=str(uuid.uuid4()), assistant_id="a", graph_id="g", admitted=True)
+        )
+        assert isinstance(await _decision(log, fine), contracts.RunStarted)
+        await asyncio.sleep(1.0)  # several ack intervals
+        info = await js.consumer_info(subjects.THREAD_STREAM, consumer)
+        assert 0 < info.ack_floor.stream_seq < requested, (info.ack_floor, requested)
+
+        failing.clear()
+        assert isinstance(await _decision(log, stuck), contracts.RunStarted)
+        last = (await log.last(subjects.thread_control(fine))).seq
+        async with asyncio.timeout(10):
+            while (info := await js.consumer_info(subjects.THREAD_STREAM, consumer)).num_ack_pending:
+                await asyncio.sleep(0.1)
+        assert info.ack_floor.stream_seq >= last
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await orchestrator
