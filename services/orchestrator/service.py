@@ -187,6 +187,8 @@ class Orchestrator:
         while True:
             seen = self.received[partition]
             await asyncio.sleep(_STALL_CHECK_S)
+            if self.received[partition] != seen:
+                continue  # it pushed: not stalled, and the broker need not be asked
             try:
                 info = await js.consumer_info(subjects.THREAD_STREAM, broker.orchestrator_durable(partition))
             except (*broker.UNREACHABLE, nats.js.errors.APIError):
@@ -297,7 +299,9 @@ class Orchestrator:
             return
         try:
             await msg.ack()
-        except broker.UNREACHABLE as err:  # the next ack covers these; a takeover handles them again
+        # Whatever failed, the acknowledging task must go on: the next ack covers these events,
+        # and a takeover handles them again.
+        except Exception as err:  # noqa: BLE001
             log.warning("events not acknowledged", partition=floor.partition, error=repr(err))
 
     async def _handle_thread(self, thread_id: str, msgs: list) -> None:
