@@ -12,6 +12,7 @@ from nats.js.kv import KeyValue
 
 import contracts
 from contracts import subjects
+from services.orchestrator.acks import ACK_EVERY_S
 from services.orchestrator.service import Orchestrator
 from tests.support import database_for
 from threadbus import broker
@@ -171,7 +172,7 @@ async def test_a_partitions_ack_floor_waits_for_a_thread_whose_handling_failed(n
             contracts.RunRequested(thread_id=fine, run_id=str(uuid.uuid4()), assistant_id="a", graph_id="g", admitted=True)
         )
         assert isinstance(await _decision(log, fine), contracts.RunStarted)
-        await asyncio.sleep(1.0)  # several ack intervals
+        await asyncio.sleep(2.5 * ACK_EVERY_S)  # acks due meanwhile
         info = await js.consumer_info(subjects.THREAD_STREAM, consumer)
         assert 0 < info.ack_floor.stream_seq < requested, (info.ack_floor, requested)
 
