@@ -152,15 +152,17 @@ async def test_a_cold_start_folds_the_tail_after_the_snapshot_not_the_history(qu
         tails, full = {}, {}
         for size, thread in threads.items():
             last = (await log.last(subjects.thread_control(thread))).seq
-            # The live orchestrator snapshotted the thread when it settled; statuses are left out.
+            # The live orchestrator snapshots a thread every so many events, statuses left out
+            # (the short thread may not have had that many).
             snapshot = await snapshots.load(thread)
-            assert snapshot is not None and snapshot.seq == last and snapshot.statuses == {}
-            assert snapshot.status == "idle"
+            if size == LARGE:
+                assert snapshot is not None and snapshot.statuses == {}
 
             before = await asyncio.to_thread(broker_messages, broker)
-            state = await orchestrator._cold_start(thread, through=last)
+            state, tail = await orchestrator._cold_start(thread, through=last)
             tails[size] = await asyncio.to_thread(broker_messages, broker) - before
             assert state.seq == last and state.status == "idle"
+            assert tail < orchestrator.settings.orchestrator_snapshot_every, tail
 
             before = await asyncio.to_thread(broker_messages, broker)
             await orchestrator._fold_tail(ThreadState(thread_id=thread), through=last)

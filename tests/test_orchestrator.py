@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 
 import nats
 import pytest
+from nats.js.kv import KeyValue
 
 import contracts
 from contracts import subjects
+from services.orchestrator.acks import ACK_EVERY_S
 from services.orchestrator.service import Orchestrator
+from tests.support import database_for
+from threadbus import broker
+from threadbus.admission import assistant_id_for
 from threadbus.broker import bootstrap
 from threadbus.embedded import EmbeddedNats
 from threadbus.settings import Settings
@@ -51,7 +58,7 @@ async def test_a_rollback_whose_purge_never_happened_is_compacted_when_the_threa
     await log.append(subjects.checkpoint(tid, rid, "", "c1"), b"{}", msg_id=f"ckpt:{tid}:{rid}")
     await log.append_event(contracts.RunRolledBack(thread_id=tid, run_id=rid))
 
-    state = await Orchestrator(nc, Settings())._load(tid)
+    state, _ = await Orchestrator(nc, Settings())._load(tid)
 
     remaining = [contracts.decode(e.data) for e in await log.read(subjects.thread_all(tid))]
     assert [type(e).__name__ for e in remaining] == ["RunRolledBack"]
@@ -74,3 +81,109 @@ async def test_a_rollback_followed_by_a_start_is_not_compacted_again(nc):
     await Orchestrator(nc, Settings())._load(tid)
 
     assert len(await log.read(subjects.run_all(tid, new))) == 4
+
+
+async def test_a_request_its_publisher_admitted_is_decided_without_reading_the_records(nc, quiet_nats, monkeypatch):
+    # The gateway reads the thread and the assistant to answer 404 before it publishes, and says
+    # so: the orchestrator takes its word (no record exists here, yet the run is accepted). A
+    # request that does not say so is checked, and one naming no thread is refused.
+    reads = []
+    get = KeyValue.get
+
+    async def counted(kv, key, *args, **kwargs):
+        if kv._name in (broker.THREADS_BUCKET, broker.ASSISTANTS_BUCKET):
+            reads.append((kv._name, key))
+        return await get(kv, key, *args, **kwargs)
+
+    monkeypatch.setattr(KeyValue, "get", counted)
+    settings = Settings()
+    settings.database_url = database_for(quiet_nats)
+    log = ThreadLog(nc)
+    admitted, checked = (str(uuid.uuid4()), str(uuid.uuid4())), (str(uuid.uuid4()), str(uuid.uuid4()))
+    stop = asyncio.Event()
+    orchestrator = asyncio.create_task(Orchestrator(nc, settings).run(stop))
+    try:
+        await log.append_event(
+            contracts.RunRequested(thread_id=admitted[0], run_id=admitted[1], assistant_id="a", graph_id="g", admitted=True)
+        )
+        started = await _decision(log, admitted[0])
+        assert isinstance(started, contracts.RunStarted) and started.run_id == admitted[1]
+        assert reads == []
+
+        await (await nc.jetstream().key_value(broker.ASSISTANTS_BUCKET)).put(assistant_id_for("g"), b'{"graph_id": "g"}')
+        await log.append_event(contracts.RunRequested(thread_id=checked[0], run_id=checked[1], assistant_id="g", graph_id="g"))
+        rejected = await _decision(log, checked[0])
+        assert isinstance(rejected, contracts.RunRejected) and rejected.reason == "unknown_thread", rejected
+        assert {name for name, _ in reads} == {broker.THREADS_BUCKET, broker.ASSISTANTS_BUCKET}
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await orchestrator
+
+
+async def _decision(log: ThreadLog, thread_id: str) -> contracts.Event:
+    """The last event of the thread once the orchestrator has answered its request."""
+    async with asyncio.timeout(30):
+        while True:
+            last = await log.last(subjects.thread_control(thread_id))
+            if last is not None and not isinstance(event := last.event(), contracts.RunRequested):
+                return event
+            await asyncio.sleep(0.05)
+
+
+async def _threads_of_one_partition(log: ThreadLog, count: int) -> tuple[int, list[str]]:
+    """Threads (created in the log) that the stream's transform puts in one partition."""
+    by_partition: dict[int, list[str]] = {}
+    while True:
+        tid = str(uuid.uuid4())
+        await log.append_event(contracts.ThreadCreated(thread_id=tid))
+        partition = subjects.partition_of((await log.last(subjects.thread_control(tid))).subject)
+        by_partition.setdefault(partition, []).append(tid)
+        if len(by_partition[partition]) == count:
+            return partition, by_partition[partition]
+
+
+async def test_a_partitions_ack_floor_waits_for_a_thread_whose_handling_failed(nc, quiet_nats, monkeypatch):
+    # Acks are cumulative: an event is acknowledged only once every event before it in the
+    # partition is handled, so a takeover (which resumes from the ack floor) never skips the
+    # request of a thread whose handling failed, though later threads' were decided.
+    log = ThreadLog(nc)
+    partition, (stuck, fine) = await _threads_of_one_partition(log, 2)
+    failing = {stuck}
+    handle = Orchestrator._handle_thread
+
+    async def flaky(self, thread_id, msgs):
+        if thread_id in failing:
+            raise RuntimeError("injected")
+        return await handle(self, thread_id, msgs)
+
+    monkeypatch.setattr(Orchestrator, "_handle_thread", flaky)
+    settings = Settings()
+    settings.database_url = database_for(quiet_nats)
+    js = nc.jetstream()
+    consumer = broker.orchestrator_durable(partition)
+    stop = asyncio.Event()
+    orchestrator = asyncio.create_task(Orchestrator(nc, settings).run(stop))
+    try:
+        requested = await log.append_event(
+            contracts.RunRequested(thread_id=stuck, run_id=str(uuid.uuid4()), assistant_id="a", graph_id="g", admitted=True)
+        )
+        await log.append_event(
+            contracts.RunRequested(thread_id=fine, run_id=str(uuid.uuid4()), assistant_id="a", graph_id="g", admitted=True)
+        )
+        assert isinstance(await _decision(log, fine), contracts.RunStarted)
+        await asyncio.sleep(2.5 * ACK_EVERY_S)  # acks due meanwhile
+        info = await js.consumer_info(subjects.THREAD_STREAM, consumer)
+        assert 0 < info.ack_floor.stream_seq < requested, (info.ack_floor, requested)
+
+        failing.clear()
+        assert isinstance(await _decision(log, stuck), contracts.RunStarted)
+        last = (await log.last(subjects.thread_control(fine))).seq
+        async with asyncio.timeout(10):
+            while (info := await js.consumer_info(subjects.THREAD_STREAM, consumer)).num_ack_pending:
+                await asyncio.sleep(0.1)
+        assert info.ack_floor.stream_seq >= last
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await orchestrator

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from dataclasses import replace
 
 import nats
 import orjson
@@ -18,6 +19,7 @@ import contracts
 from contracts import subjects
 from services.orchestrator.service import Orchestrator
 from services.orchestrator.snapshots import Snapshots, worth_saving
+from tests.support import database_for
 from threadbus import broker
 from threadbus.admission import assistant_id_for
 from threadbus.broker import bootstrap
@@ -25,7 +27,6 @@ from threadbus.embedded import EmbeddedNats
 from threadbus.settings import Settings
 from threadbus.thread_state import ThreadState, fold
 from threadbus.threadlog import ThreadLog
-from tests.support import database_for
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,8 @@ async def test_a_snapshot_that_is_not_of_this_log_is_dropped_and_the_thread_refo
     assert refolded is None or refolded.seq != foreign_seq
 
 
-async def test_a_deleted_threads_snapshot_is_dropped(nc, orchestrating, thread_id):
+async def test_a_deleted_threads_snapshot_is_dropped(nc, orchestrating, settings, thread_id):
+    settings.orchestrator_snapshot_every = 1  # a snapshot after every event, so one exists to drop
     log = ThreadLog(nc)
     snapshots = Snapshots(nc.jetstream())
     run_id = str(uuid.uuid4())
@@ -159,11 +161,36 @@ async def test_a_deleted_threads_snapshot_is_dropped(nc, orchestrating, thread_i
                 await asyncio.sleep(0.05)
 
 
-def test_a_snapshot_waits_for_outstanding_stops_and_compactions():
+def test_a_snapshot_is_due_every_so_many_events_and_waits_for_outstanding_stops_and_compactions():
+    # Settling is no reason: a run or two of events is a tail one batched read folds.
     settled = ThreadState(thread_id="t", seq=9)
-    assert worth_saving(settled, unsaved=1, every=64)
+    assert not worth_saving(settled, unsaved=1, every=64) and worth_saving(settled, unsaved=64, every=64)
     assert not worth_saving(settled, unsaved=0, every=64)
     busy = ThreadState(thread_id="t", seq=9, running="r")
     assert not worth_saving(busy, unsaved=63, every=64) and worth_saving(busy, unsaved=64, every=64)
     assert not worth_saving(ThreadState(thread_id="t", seq=9, running="r", stopping="rollback"), unsaved=100, every=64)
     assert not worth_saving(ThreadState(thread_id="t", seq=9, to_compact=("r",)), unsaved=100, every=64)
+
+
+async def test_a_cold_start_folds_a_tail_bounded_by_the_snapshot_interval(nc, orchestrating, settings, thread_id):
+    """Whatever the thread's history, the events a new orchestrator folds on first sight of it
+    are fewer than ``orchestrator_snapshot_every``, and it reaches the state the whole log folds
+    to; a thread that never had that many events has no snapshot."""
+    every = settings.orchestrator_snapshot_every = 8
+    log = ThreadLog(nc)
+    snapshots = Snapshots(nc.jetstream())
+    async with orchestrating():
+        for n in range(8):  # 4 control events a run: 32 in all, 4 intervals
+            run_id = str(uuid.uuid4())
+            await log.append_event(request(thread_id, run_id))
+            await until(log, thread_id, has(contracts.RunStarted, run_id))
+            if n == 0:
+                assert await snapshots.load(thread_id) is None, "a snapshot before the interval's events"
+            await log.append_event(contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, values={}))
+        await asyncio.sleep(0.5)  # the last outcome folded by the live orchestrator
+    history = await control_events(log, thread_id)
+    assert len(history) == 32
+    state, tail = await Orchestrator(nc, settings)._cold_start(thread_id, through=history[-1][0])
+    assert 0 <= tail < every, (tail, every)
+    assert replace(state, statuses={}) == replace(fold(ThreadState(thread_id=thread_id), history), statuses={})
+    assert state.status == "idle"

@@ -1,9 +1,11 @@
 """Whether a run request names an assistant and a thread that exist.
 
-The orchestrator asks this of every ``RunRequested`` before it decides it, whoever published it:
-the gateway (which checked already and answers 404 first), an integration on the bus, a service
-in another language. A request that fails is answered with a ``RunRejected`` that says why, in the
-thread's log, so a publisher that follows its run learns it instead of waiting for nothing.
+The orchestrator asks this of every ``RunRequested`` before it decides it, unless its publisher
+says it checked (``admitted``: the gateway reads both records anyway, to answer 404 at once, and a
+second look would cost two KV reads per run on the decision's path). An integration on the bus or a
+service in another language leaves ``admitted`` False, and a request of theirs that fails is
+answered with a ``RunRejected`` that says why, in the thread's log, so a publisher that follows its
+run learns it instead of waiting for nothing.
 
 The same records the gateway reads: assistants in ``tb_assistants`` (an assistant UUID, or a
 graph name standing for its system assistant), threads in ``tb_threads``. A stateless run
@@ -49,7 +51,10 @@ class Admission:
         return self._assistants, self._threads
 
     async def refusal(self, request: contracts.RunRequested) -> contracts.RunRejected | None:
-        """The rejection the request meets, or None when what it names exists."""
+        """The rejection the request meets, or None when what it names exists (or its publisher
+        checked that it does)."""
+        if request.admitted:
+            return None
         assistants, threads = await self._buckets()
         assistant_exists, thread_exists = await asyncio.gather(
             _exists(assistants, assistant_key(request.assistant_id)),

@@ -264,7 +264,9 @@ def orchestrator_consumer(partition: int, deliver_subject: str, start_seq: int) 
         deliver_subject=deliver_subject,
         flow_control=True,
         idle_heartbeat=5,
-        ack_policy=AckPolicy.EXPLICIT,
+        # Cumulative: the holder acks the newest event below which all are handled, now and then
+        # (services/orchestrator/acks.py), not each of them.
+        ack_policy=AckPolicy.ALL,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq > 1 else DeliverPolicy.ALL,
         opt_start_seq=start_seq if start_seq > 1 else None,
         ack_wait=30,

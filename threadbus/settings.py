@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     )
     orchestrator_snapshot_every: int = Field(
         default=64,
-        description="A busy thread's state is snapshotted after this many events (a settled one at once), so a cold start folds only the tail.",
+        description="A thread's state is snapshotted after this many events, so a cold start folds a tail of at most about this many (one batched read).",
     )
     decision_timeout_s: float = Field(default=10.0, description="How long the gateway waits for the orchestrator's decision.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")

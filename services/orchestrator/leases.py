@@ -10,12 +10,15 @@ many share the work and hold only its fair share; the surplus is handed back for
 
 A lease decides who consumes a partition's events, not who may write: every decision is still
 appended with an expected-sequence check on the thread's log, so an orchestrator that lost its
-lease while paused (and does not know it yet) cannot append a stale decision.
+lease while paused (and does not know it yet) cannot append a stale decision. It does decide who
+may acknowledge the partition's events (:mod:`services.orchestrator.acks`): only a holder whose
+lease was confirmed by the broker less than a lease ago, measured from when it asked.
 """
 
 from __future__ import annotations
 
 import math
+import time
 import zlib
 
 import nats.js.errors
@@ -36,6 +39,8 @@ class Leases:
         self.name = name
         self.partitions = partitions
         self.held: dict[int, int] = {}  # partition -> revision of our lease
+        # partition -> when (monotonic) the create or update that the broker last confirmed was sent
+        self.confirmed: dict[int, float] = {}
         # Each orchestrator tries the partitions from a different place, so that they rarely contend.
         first = zlib.crc32(name.encode()) % partitions
         self.preference = [(first + i) % partitions for i in range(partitions)]
@@ -44,13 +49,24 @@ class Leases:
         """Renews every lease held; returns the partitions whose lease was lost meanwhile."""
         lost = []
         for partition, revision in list(self.held.items()):
+            asked = time.monotonic()
             try:
                 self.held[partition] = await self.kv.update(_lease_key(partition), self.name.encode(), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 # Expired and maybe taken: whoever holds it now decides for its threads.
                 del self.held[partition]
+                self.confirmed.pop(partition, None)
                 lost.append(partition)
+                continue
+            self.confirmed[partition] = asked
         return lost
+
+    def confirmed_within(self, partition: int, seconds: float) -> bool:
+        """Whether the partition's lease was confirmed by a request sent less than ``seconds``
+        ago: with ``seconds`` below the lease's TTL, nobody else can hold it now (a process that
+        was paused longer than that finds it false until its next renewal)."""
+        asked = self.confirmed.get(partition)
+        return asked is not None and time.monotonic() - asked < seconds
 
     async def fair_share(self) -> int:
         await self.kv.put(_MEMBER + self.name, b"")
@@ -65,10 +81,12 @@ class Leases:
                 break
             if partition in self.held:
                 continue
+            asked = time.monotonic()
             try:
                 self.held[partition] = await self.kv.create(_lease_key(partition), self.name.encode())
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # held by another orchestrator
+            self.confirmed[partition] = asked
             taken.append(partition)
         return taken
 
@@ -78,6 +96,7 @@ class Leases:
 
     async def release(self, partition: int) -> None:
         revision = self.held.pop(partition, None)
+        self.confirmed.pop(partition, None)
         if revision is None:
             return
         try:

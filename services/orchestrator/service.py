@@ -4,7 +4,9 @@ Threads are spread over partitions; an orchestrator consumes the control events 
 partitions whose lease it holds (:mod:`services.orchestrator.leases`), each from a durable
 ``orchestrator-p<k>`` consumer that it recreates on taking the partition over, starting at the
 first event the previous holder did not acknowledge. Messages that are waiting are taken
-together, grouped by thread, and the threads are handled concurrently, each in log order. A
+together, grouped by thread, and the threads are handled concurrently, each in log order; the
+consumer acknowledges cumulatively, and what is handled is acknowledged a moment later up to the
+first event not handled yet (:mod:`services.orchestrator.acks`). A
 thread's state is cached in memory and, on first sight, folded from its snapshot and the log's
 tail after it (:mod:`services.orchestrator.snapshots`), so a restart loses nothing (DESIGN
 invariant 6) and a cold start costs the tail, not the thread's history.
@@ -33,8 +35,8 @@ from nats.aio.client import Client as NATS
 
 import contracts
 from contracts import subjects
+from services.orchestrator.acks import ACK_BATCH, ACK_EVERY_S, AckFloor
 from services.orchestrator.decider import next_decision
-from threadbus.thread_state import ThreadState, evolve, fold
 from services.orchestrator.leases import Leases
 from services.orchestrator.snapshots import Snapshots, worth_saving
 from threadbus import broker, logs, metrics, thread_events
@@ -42,6 +44,7 @@ from threadbus.admission import Admission
 from threadbus.read_model.database import Database
 from threadbus.read_model.projector import Projector
 from threadbus.settings import Settings
+from threadbus.thread_state import ThreadState, evolve, fold
 from threadbus.threadlog import Conflict, ThreadLog
 
 log = logs.get("threadbus.orchestrator")
@@ -72,13 +75,16 @@ class Orchestrator:
         # partition over can take a while on a cluster electing leaders, and must not hold up the
         # renewal of the other leases.
         self.holding: dict[int, asyncio.Task] = {}
-        self.consuming: set[int] = set()  # partitions subscribed to
+        # partition -> the acknowledgement state of its current subscription: a message that
+        # came through an earlier one (or another partition holder's) is not handled here.
+        self.floors: dict[int, AckFloor] = {}
         # The holder of partition 0 also projects the log into the read model.
         self.projecting: dict[int, asyncio.Task] = {}
         self.received: defaultdict[int, int] = defaultdict(int)  # partition -> events pushed to us
         # Bumped whenever partitions change hands: a state folded before may have missed events
         # another orchestrator appended, and must not be cached.
         self.epoch = 0
+        self.leases: Leases | None = None  # taken in run()
         self.replicated = False  # read from the thread stream's configuration at start
         self.balanced_once = False
         # Computed when scraped: an up-to-date sum would cost a pass over every thread per event.
@@ -97,9 +103,10 @@ class Orchestrator:
 
     async def _run(self, stop: asyncio.Event) -> None:
         js = self.nc.jetstream()
-        leases = Leases(await js.key_value(broker.LEASES_BUCKET), self.name)
+        self.leases = leases = Leases(await js.key_value(broker.LEASES_BUCKET), self.name)
         self.replicated = (await js.stream_info(subjects.THREAD_STREAM)).config.num_replicas > 1
         worker = asyncio.create_task(self._work())
+        acknowledging = asyncio.create_task(self._acknowledge())
         try:
             started = False
             while not stop.is_set():
@@ -118,7 +125,8 @@ class Orchestrator:
             with contextlib.suppress(Exception):  # with the broker gone, the leases expire instead
                 await leases.leave()
             worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
+            acknowledging.cancel()
+            await asyncio.gather(worker, acknowledging, return_exceptions=True)
 
     async def _balance(self, leases: Leases) -> None:
         """Renews the leases, lets go of lost ones, takes free partitions up to a fair share and
@@ -145,24 +153,28 @@ class Orchestrator:
         """Subscribes to the partition, retrying while the broker cannot answer, and holds the
         subscription until cancelled; subscribes again if the consumer stops pushing."""
         while True:
-            sub = await self._subscribe_retrying(partition, at_start)
+            floor = AckFloor(partition)
+            sub = await self._subscribe_retrying(partition, floor, at_start)
             at_start = False
-            self.consuming.add(partition)
+            self.floors[partition] = floor
             try:
                 await self._until_stalled(partition)
             finally:
-                self.consuming.discard(partition)
+                # What it handled and did not ack yet is delivered again by the next consumer.
+                floor.retired = True
+                if self.floors.get(partition) is floor:
+                    del self.floors[partition]
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             log.warning("partition consumer stopped pushing; subscribing again", partition=partition)
 
-    async def _subscribe_retrying(self, partition: int, at_start: bool):
+    async def _subscribe_retrying(self, partition: int, floor: AckFloor, at_start: bool):
         start = None
         while True:
             try:
                 if start is None:
                     start = await self._resume_point(partition)
-                return await self._subscribe(partition, start, at_start)
+                return await self._subscribe(partition, start, floor, at_start)
             except (*broker.UNREACHABLE, nats.js.errors.APIError) as err:
                 log.warning("partition not subscribed yet; trying again", partition=partition, error=repr(err))
                 await asyncio.sleep(1.0)
@@ -175,6 +187,8 @@ class Orchestrator:
         while True:
             seen = self.received[partition]
             await asyncio.sleep(_STALL_CHECK_S)
+            if self.received[partition] != seen:
+                continue  # it pushed: not stalled, and the broker need not be asked
             try:
                 info = await js.consumer_info(subjects.THREAD_STREAM, broker.orchestrator_durable(partition))
             except (*broker.UNREACHABLE, nats.js.errors.APIError):
@@ -197,17 +211,25 @@ class Orchestrator:
             await js.delete_consumer(subjects.THREAD_STREAM, durable)
         return start
 
-    async def _subscribe(self, partition: int, start: int, at_start: bool = False):
+    async def _subscribe(self, partition: int, start: int, floor: AckFloor, at_start: bool = False):
         js = self.nc.jetstream()
         durable = broker.orchestrator_durable(partition)
         deliver = f"_TB.deliver.orchestrator.p{partition}.{self.name}"
         info = await js.add_consumer(subjects.THREAD_STREAM, broker.orchestrator_consumer(partition, deliver, start))
-        sub = await js.subscribe_bind(subjects.THREAD_STREAM, info.config, durable, cb=self._enqueue, manual_ack=True)
+
+        async def delivered(msg) -> None:
+            self.received[partition] += 1
+            floor.delivered(msg)
+            self.inbox.put_nowait((msg, floor))
+
+        sub = await js.subscribe_bind(subjects.THREAD_STREAM, info.config, durable, cb=delivered, manual_ack=True)
         self._forget_states()
         (log.debug if at_start else log.info)("partition taken", partition=partition, from_seq=start)
         return sub
 
     async def _stop_consuming(self, partition: int) -> None:
+        if (floor := self.floors.get(partition)) is not None:
+            await self._ack(floor)  # spares the next holder handling it again (unless the lease is lost)
         tasks = [t for t in (self.holding.pop(partition, None), self.projecting.pop(partition, None)) if t is not None]
         if not tasks:
             return
@@ -225,45 +247,72 @@ class Orchestrator:
         self.states.clear()
         self.unsaved.clear()
 
-    async def _enqueue(self, msg) -> None:
-        self.received[subjects.partition_of(msg.subject)] += 1
-        self.inbox.put_nowait(msg)
-
-    def _requeue(self, msgs: list) -> None:
+    def _requeue(self, msgs: list, floor: AckFloor) -> None:
         for msg in msgs:
-            self.inbox.put_nowait(msg)
+            self.inbox.put_nowait((msg, floor))
 
     async def _work(self) -> None:
         while True:
             batch = [await self.inbox.get()]
             while not self.inbox.empty() and len(batch) < _MAX_BATCH:
                 batch.append(self.inbox.get_nowait())
+            # A thread's partition has one current subscription, so its messages share a floor.
             by_thread: dict[str, list] = defaultdict(list)
-            for msg in batch:
-                if subjects.partition_of(msg.subject) in self.consuming:  # else another orchestrator has it now
-                    by_thread[subjects.thread_of(msg.subject)].append(msg)
+            floors: dict[str, AckFloor] = {}
+            for msg, floor in batch:
+                # Else the partition was let go, or subscribed again (which delivers it again).
+                if self.floors.get(floor.partition) is floor:
+                    tid = subjects.thread_of(msg.subject)
+                    by_thread[tid].append(msg)
+                    floors[tid] = floor
             results = await asyncio.gather(
                 *(self._handle_thread(tid, msgs) for tid, msgs in by_thread.items()), return_exceptions=True
             )
             for (tid, msgs), result in zip(by_thread.items(), results):
+                floor = floors[tid]
                 if isinstance(result, BaseException):
                     # Handled again in a moment, from the thread's log, by this process: a nak
                     # would not reach a broker that is away, and its ack wait is long. Should
                     # this process die meanwhile, the broker redelivers them after the ack wait.
+                    # Unhandled, they hold the partition's ack floor back.
                     self.states.pop(tid, None)
                     log.error("thread handling failed", thread_id=tid, error=repr(result), exc_info=result)
-                    asyncio.get_running_loop().call_later(_RETRY_DELAY_S, self._requeue, msgs)
+                    asyncio.get_running_loop().call_later(_RETRY_DELAY_S, self._requeue, msgs, floor)
                     continue
-                await asyncio.gather(*(m.ack() for m in msgs), return_exceptions=True)
+                floor.handled(msgs)
+            for floor in set(floors.values()):
+                if floor.waiting >= ACK_BATCH:
+                    await self._ack(floor)
+
+    async def _acknowledge(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_EVERY_S)
+            for floor in list(self.floors.values()):
+                await self._ack(floor)
+
+    async def _ack(self, floor: AckFloor) -> None:
+        """Acks the partition's handled floor, if this process still holds the partition's lease
+        for certain (half a lease since it was last confirmed: see :mod:`services.orchestrator.acks`)."""
+        if not self.leases.confirmed_within(floor.partition, self.settings.orchestrator_lease_s / 2):
+            return
+        if (msg := floor.take()) is None:
+            return
+        try:
+            await msg.ack()
+        # Whatever failed, the acknowledging task must go on: the next ack covers these events,
+        # and a takeover handles them again.
+        except Exception as err:  # noqa: BLE001
+            log.warning("events not acknowledged", partition=floor.partition, error=repr(err))
 
     async def _handle_thread(self, thread_id: str, msgs: list) -> None:
         with structlog.contextvars.bound_contextvars(thread_id=thread_id):
             epoch = self.epoch
             state = self.states.get(thread_id)
             if state is None:
-                state = await self._cold_start(thread_id, through=max(m.metadata.sequence.stream for m in msgs))
-            # Our own decisions come back as delivered events too: counting deliveries counts them.
-            unsaved = self.unsaved.get(thread_id, 0) + len(msgs)
+                state, unsaved = await self._cold_start(thread_id, through=max(m.metadata.sequence.stream for m in msgs))
+            else:
+                # Our own decisions come back as delivered events too: counting deliveries counts them.
+                unsaved = self.unsaved.get(thread_id, 0) + len(msgs)
             deleted = False
             for msg in msgs:
                 seq = msg.metadata.sequence.stream
@@ -281,10 +330,11 @@ class Orchestrator:
                 self._remember(state)
                 self.unsaved[thread_id] = await self._snapshot(state, unsaved, deleted)
 
-    async def _cold_start(self, thread_id: str, through: int) -> ThreadState:
-        """The thread's state from its snapshot and the log's tail after it. A snapshot whose
-        sequence does not hold one of the thread's events is not of this log (a stream created
-        anew under the bucket) or its event was compacted away: the thread is folded from the start."""
+    async def _cold_start(self, thread_id: str, through: int) -> tuple[ThreadState, int]:
+        """The thread's state from its snapshot and the log's tail after it, and the tail's length
+        (events not in a snapshot). A snapshot whose sequence does not hold one of the thread's
+        events is not of this log (a stream created anew under the bucket) or its event was
+        compacted away: the thread is folded from the start."""
         snapshot = await self.snapshots.load(thread_id)
         if snapshot is not None and snapshot.seq:
             event = await self.log.at(snapshot.seq)
@@ -293,22 +343,22 @@ class Orchestrator:
                 return await self._load(thread_id, through)
         return await self._fold_tail(snapshot or ThreadState(thread_id=thread_id), through)
 
-    async def _load(self, thread_id: str, through: int = 0) -> ThreadState:
+    async def _load(self, thread_id: str, through: int = 0) -> tuple[ThreadState, int]:
         """The thread's state folded from the start of its log, when the view we had was refused:
         its snapshot, which may be what was wrong, is dropped."""
         await self.snapshots.drop(thread_id)
         return await self._fold_tail(ThreadState(thread_id=thread_id), through)
 
-    async def _fold_tail(self, state: ThreadState, through: int) -> ThreadState:
-        """``state`` and the thread's log after it, which holds at least sequence ``through``: a
+    async def _fold_tail(self, state: ThreadState, through: int) -> tuple[ThreadState, int]:
+        """``state`` and the thread's log after it, which holds at least sequence ``through`` (a
         state folded from a lagging replica and then fed a newer event would pass the
-        expected-sequence check with a gap in its view."""
+        expected-sequence check with a gap in its view); and how many events that was."""
         entries = await self.log.read(
             subjects.thread_control(state.thread_id), after=state.seq, through=through if through > state.seq else 0
         )
         events = list(_decoded(entries))
         await self._finish_compactions(state.thread_id, events)
-        return fold(state, events)
+        return fold(state, events), len(events)
 
     async def _snapshot(self, state: ThreadState, unsaved: int, deleted: bool) -> int:
         """Saves (or, for a deleted thread, drops) the thread's snapshot when it is due; returns
@@ -374,7 +424,7 @@ class Orchestrator:
                 caught_up = await self._catch_up(state, through=newest)
                 if caught_up.seq == state.seq or conflicts > 3:
                     # Nothing newer to read, yet the check failed: our view is wrong; rebuild it.
-                    caught_up = await self._load(state.thread_id, through=newest)
+                    caught_up, _ = await self._load(state.thread_id, through=newest)
                 state = caught_up
                 continue
             first_seq = last_seq - len(decisions) + 1

@@ -3,9 +3,11 @@
 A snapshot is a thread's :class:`ThreadState` and the log sequence it reflects, in the
 ``tb_thread_snapshots`` KV bucket under the thread's token. The orchestrator that decides for the
 thread writes it once ``THREADBUS_ORCHESTRATOR_SNAPSHOT_EVERY`` events were folded since the last
-one, or when the thread settles (nothing requested, queued, running or waiting for compaction);
-on first sight of a thread it folds the log after the snapshot's sequence instead of from the
-start. ``statuses`` (one entry per run the thread ever had) is left out: the decider never reads
+one, whatever the thread is doing, so a cold start folds at most about that many events (more
+only while a stop or a compaction holds the snapshot back); on first sight of a thread it folds
+the log after the snapshot's sequence instead of from the start. Saving whenever the thread
+settles would cost a write or two per run for a tail the fold reads in one batched get anyway; a
+thread with fewer events than that has no snapshot and is folded from the start. ``statuses`` (one entry per run the thread ever had) is left out: the decider never reads
 it, so a snapshot's size does not grow with the thread's history.
 
 A snapshot is only a cache that survives the process, never the truth: every decision is still an
@@ -50,10 +52,9 @@ def worth_saving(state: ThreadState, unsaved: int, every: int) -> bool:
     """Whether to snapshot a state with ``unsaved`` events folded since its last snapshot. Never
     while a cancelled run's stop or a compaction is outstanding: the fold from the start would not
     see the events that compaction is about to remove."""
-    if unsaved == 0 or state.stopping is not None or state.to_compact:
+    if state.stopping is not None or state.to_compact:
         return False
-    settled = not (state.inbox or state.queue or state.running)
-    return settled or unsaved >= every
+    return unsaved >= max(every, 1)
 
 
 class Snapshots:

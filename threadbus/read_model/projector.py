@@ -11,23 +11,27 @@ tells any reader exactly which events the read model holds (:mod:`threadbus.read
 Its work is a few statements per event in batches of hundreds; the database, not the projector,
 is what a busier deployment needs more of.
 
-The broker keeps nothing for it: the consumer is ephemeral, created from the stored position,
-without acknowledgements. When the database is away, the batch is kept and tried again; nothing
-more is fetched meanwhile.
+The broker keeps nothing for it, and is asked nothing per event: the consumer is an ordered push
+consumer (ephemeral, in memory, without acknowledgements) created from the stored position, so an
+event costs its delivery alone, where a pull consumer's fetches cost a request and an end-of-batch
+answer for every few events. What has arrived is taken as one batch. Flow control is answered only
+once the projector has taken what preceded it, so when the database is away the batch is kept and
+tried again and the broker stops pushing soon after; a gap (a message lost on the way, a consumer
+lost with its server, seen as missing heartbeats) makes the client recreate the consumer after the
+last event it received.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
+import functools
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from nats.aio.client import Client as NATS
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg.types.json import Jsonb
 
 import contracts
@@ -41,7 +45,6 @@ from threadbus.threadlog import Entry
 log = logs.get("threadbus.projector")
 
 _BATCH = 512
-_IDLE_FETCH_S = 5.0
 _serde = JsonPlusSerializer()
 
 
@@ -61,47 +64,43 @@ class Projector:
         self.db = db
 
     async def run(self) -> None:
-        """Projects until cancelled."""
+        """Projects until cancelled (or until the connection is closed)."""
         position = await self._retrying(self._position)
         log.info("projecting the thread log", position=position)
-        while True:
-            sub = await self._subscribe(position)
-            try:
-                position = await self._consume(sub, position)
-            except (nats.js.errors.NotFoundError, nats.errors.BadSubscriptionError):
-                log.info("projection consumer gone; subscribing again", position=position)
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        sub = await self._subscribe(position)
+        try:
+            await self._consume(sub)
+        finally:
+            await broker.end_ordered(self.js, sub, subjects.THREAD_STREAM)
 
-    async def _consume(self, sub, position: int) -> int:
+    async def _consume(self, sub) -> None:
         while True:
             try:
-                msgs = await sub.fetch(_BATCH, timeout=_IDLE_FETCH_S)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue
+                msgs = [await sub.next_msg(timeout=None)]
             except broker.UNREACHABLE:
+                # A closed connection is the process ending (it reconnects forever otherwise):
+                # nats-py then reports a cancellation of next_msg as this error.
+                if self.nc.is_closed:
+                    return
                 await asyncio.sleep(0.5)
                 continue
+            while len(msgs) < _BATCH and sub.pending_msgs:
+                msgs.append(await sub.next_msg())
             entries = [_entry(m) for m in msgs]
-            position = await self._retrying(lambda: self.apply(entries)) or position
+            await self._retrying(functools.partial(self.apply, entries))
 
     async def _subscribe(self, position: int):
-        name = f"projector-{uuid.uuid4().hex[:8]}"
         config = ConsumerConfig(
-            name=name,
             filter_subjects=projected_subjects(),
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=position + 1,
-            ack_policy=AckPolicy.NONE,
-            # A projector that died leaves nothing behind for long.
-            inactive_threshold=60.0,
-            max_waiting=1,
         )
         while True:
             try:
-                await self.js.add_consumer(subjects.THREAD_STREAM, config)
-                return await self.js.pull_subscribe_bind(consumer=name, stream=subjects.THREAD_STREAM)
+                # With filter_subjects set, the subject only names what the consumer reads.
+                return await self.js.subscribe(
+                    subjects.PREFIX + ".>", stream=subjects.THREAD_STREAM, ordered_consumer=True, config=config
+                )
             except (*broker.UNREACHABLE, nats.js.errors.APIError) as err:
                 log.info("projection consumer not created yet; trying again", error=repr(err))
                 await asyncio.sleep(1.0)
