@@ -22,10 +22,6 @@ in :mod:`contracts.subjects`). Four verbs, with exact semantics:
     message on the filter is read and, when it carries our id, the first attempt is taken as
     the one that landed.
 
-``append_all(messages, expect=seq, expect_filter=...)``
-    Several messages as one atomic batch: stored at consecutive sequences, all or none, with the
-    expectation checked before the first; one acknowledgement, so one round trip.
-
 ``follow(filter, after=seq)``
     An async iterator over the messages stored on ``filter`` after ``after``: first those
     already stored, then new ones as they are stored, each once, in stream order. Only stored
@@ -40,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -58,7 +53,6 @@ from threadbus import broker
 
 WRONG_LAST_SEQUENCE = 10071
 LAST_SEQUENCE_IN_FLIGHT = 10164  # "wrong last sequence" from a clustered stream, without a sequence
-DUPLICATE_IN_BATCH = 10201  # an atomic batch holding a message id the duplicate window has seen
 _IN_FLIGHT_TRIES = 12  # about 1.5 s of asking again
 _CATCH_UP_TRIES = 9  # about 5 s for a lagging replica
 _BATCH = 256
@@ -228,85 +222,6 @@ class ThreadLog:
                 if attempt == self.attempts:
                     raise
                 await asyncio.sleep(0.05 * 2 ** (attempt - 1))
-    async def append_all(
-        self,
-        messages: list[tuple[str, bytes, str]],
-        *,
-        expect: int | None = None,
-        expect_filter: str | None = None,
-    ) -> int:
-        """Stores ``(subject, payload, msg_id)`` messages as one atomic batch, at consecutive
-        sequences, and returns the last one's: all of them or none, with ``expect`` checked as
-        in :meth:`append` before the first. One round trip: only the commit is acknowledged."""
-        if len(messages) == 1:
-            subject, payload, msg_id = messages[0]
-            return await self.append(subject, payload, msg_id=msg_id, expect=expect, expect_filter=expect_filter)
-        last_id = messages[-1][2]
-        attempt = in_flight = 0
-        while True:
-            try:
-                return await self._publish_batch(messages, expect, expect_filter)
-            except nats.js.errors.APIError as err:
-                if err.err_code == LAST_SEQUENCE_IN_FLIGHT and in_flight < _IN_FLIGHT_TRIES:
-                    await asyncio.sleep(min(0.005 * 2**in_flight, 0.2))  # as in append: "not yet"
-                    in_flight += 1
-                    continue
-                if err.err_code not in (WRONG_LAST_SEQUENCE, LAST_SEQUENCE_IN_FLIGHT, DUPLICATE_IN_BATCH):
-                    raise
-                if attempt > 0 or err.err_code == DUPLICATE_IN_BATCH:
-                    # An earlier attempt may have landed before its ack was lost.
-                    newest = await self.last(expect_filter or messages[-1][0])
-                    if newest is not None and newest.msg_id == last_id:
-                        return newest.seq
-                raise Conflict(_last_seq_from(err)) from None
-            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.ConnectionClosedError):
-                attempt += 1
-                if attempt == self.attempts:
-                    raise
-                await asyncio.sleep(0.05 * 2 ** (attempt - 1))
-
-    async def _publish_batch(self, messages: list[tuple[str, bytes, str]], expect: int | None, expect_filter: str | None) -> int:
-        # ADR-50 atomic batch publish, which nats-py has no API for: batch headers on every
-        # message; the server stages them and answers only the commit, with the last sequence.
-        batch_id = uuid.uuid4().hex
-        for n, (subject, payload, msg_id) in enumerate(messages, 1):
-            headers = {
-                "Nats-Batch-Id": batch_id,
-                "Nats-Batch-Sequence": str(n),
-                "Nats-Msg-Id": msg_id,
-                "Nats-Expected-Stream": self.stream,
-            }
-            if n == 1 and expect is not None:
-                headers["Nats-Expected-Last-Subject-Sequence"] = str(expect)
-                if expect_filter is not None:
-                    headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expect_filter
-            if n < len(messages):
-                await self.nc.publish(subject, payload, headers=headers)
-                continue
-            headers["Nats-Batch-Commit"] = "1"
-            try:
-                reply = await self.nc.request(subject, payload, headers=headers, timeout=self.timeout)
-            except nats.errors.NoRespondersError:
-                raise nats.js.errors.NoStreamResponseError from None
-            answer = json.loads(reply.data)
-            if "error" in answer:
-                raise nats.js.errors.APIError.from_error(answer["error"])
-            return int(answer["seq"])
-        raise ValueError("an empty batch")
-
-    async def append_events(self, events: list[contracts.Event], *, expect: int | None = None) -> int:
-        """Control events of one thread, appended together (:meth:`append_all`), ``expect`` guarding
-        all of the thread's control events. Returns the last one's sequence."""
-        thread_id = events[0].thread_id
-        return await self.append_all(
-            [
-                (subjects.control_event(thread_id, getattr(e, "run_id", None), type(e).__name__), contracts.encode(e), event_msg_id(e))
-                for e in events
-            ],
-            expect=expect,
-            expect_filter=None if expect is None else subjects.thread_control(thread_id),
-        )
-
     async def append_event(self, event: contracts.Event, *, expect: int | None = None, scope: str = "thread") -> int:
         """Append a control event on its subject. ``scope`` names what ``expect`` guards:
         ``"thread"`` (all of the thread's control events) or ``"run"`` (the run's)."""
