@@ -60,6 +60,38 @@ async def test_a_run_whose_executor_is_killed_finishes_on_another(tmp_path):
         await asyncio.to_thread(cluster.stop)
 
 
+async def test_a_one_node_run_whose_executor_is_killed_is_done_again_from_its_input(tmp_path):
+    """A one-node graph stores nothing until its run ends (durability "exit", docs/durability.md):
+    a resume cut off mid-node is done again, from the same pause and with the same answer."""
+    cluster = Cluster(tmp_path)
+    try:
+        await cluster.start()
+        client = get_client(url=cluster.gateway.url)
+        tid = (await client.threads.create())["thread_id"]
+        await client.runs.wait(tid, "pausing", input=said("go"))
+        run = await client.runs.create(tid, "pausing", command={"resume": "yes"}, config={"configurable": {"delay": 1.5}})
+        victim = await wait_logged(cluster.executors, "run executing", run_id=run["run_id"])
+        survivor = next(p for p in cluster.executors if p is not victim)
+        await asyncio.sleep(0.5)  # inside the node, past the interrupt it resumed
+        victim.kill()
+
+        async with asyncio.timeout(60):
+            await client.runs.join(tid, run["run_id"])
+        assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
+        assert await wait_logged([survivor], "run executing", run_id=run["run_id"]) is survivor
+        assert contents((await client.threads.get_state(tid))["values"]) == ["go", "approved: yes"]
+        assert len(await client.threads.get_history(tid)) == 2  # the pause, then the end
+        nc = await nats.connect(cluster.nats.url)
+        try:
+            assert await terminal_events(nc, tid, run["run_id"]) == ["RunSucceeded"]
+            report = await verify.verify(nc, [tid])
+            assert report.ok, report.format()
+        finally:
+            await nc.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
 async def test_every_accepted_run_ends_after_the_broker_is_killed_and_restarted(tmp_path):
     cluster = Cluster(tmp_path)
     try:

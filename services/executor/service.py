@@ -301,11 +301,20 @@ class Executor:
         store = self.store.for_run()
         context = requested.kwargs.context or None
         async with self.graphs.graph(requested.graph_id, config, store=store, context=context) as graph:
+            durability = requested.kwargs.durability or self.graphs.durability(requested.graph_id, graph)
             graph = graph.copy(update={"store": store, "checkpointer": saver})
-            return await self._run_built(graph, requested, config, saver, thread_events, retry=retry)
+            return await self._run_built(graph, requested, config, saver, thread_events, durability=durability, retry=retry)
 
     async def _run_built(
-        self, graph, requested: contracts.RunRequested, config: dict, saver: RunSaver, thread_events: ProtocolRunEvents, *, retry: bool
+        self,
+        graph,
+        requested: contracts.RunRequested,
+        config: dict,
+        saver: RunSaver,
+        thread_events: ProtocolRunEvents,
+        *,
+        durability: str | None,
+        retry: bool,
     ) -> contracts.Event:
         thread_id, run_id = requested.thread_id, requested.run_id
         kwargs = requested.kwargs
@@ -325,7 +334,7 @@ class Executor:
                 subgraphs=kwargs.subgraphs,
                 interrupt_before=kwargs.interrupt_before,
                 interrupt_after=kwargs.interrupt_after,
-                **({"durability": kwargs.durability} if kwargs.durability else {}),
+                **({"durability": durability} if durability else {}),
             )
         finally:
             # Whatever was streamed is stored before the outcome (or the stop) is appended.
