@@ -175,15 +175,17 @@ class Executor:
         if deliveries > 1:
             metrics.REDELIVERIES.inc()
         thread_events = ProtocolRunEvents(self.js, requested, attempt=deliveries)
+        # Told on the outcome, so that the webhook sender reads the request only when there is one.
+        webhook = bool(requested.kwargs.webhook)
         if deliveries > self.settings.executor_max_deliver:
             outcome = contracts.RunFailed(
                 thread_id=thread_id,
                 run_id=run_id,
                 error="MaxDeliveriesExceeded",
                 message=f"the run was delivered {deliveries - 1} times without finishing",
+                webhook=webhook,
             )
-            await thread_events.ended(outcome)
-            await self._finish(outcome, started_seq)
+            await self._end(thread_events, outcome, started_seq)
             return
         self.active[run_id] = asyncio.current_task()
         heartbeat = asyncio.create_task(self._heartbeat(msg))
@@ -197,7 +199,7 @@ class Executor:
                 if run_id not in self.cancelled:
                     raise
                 asyncio.current_task().uncancel()  # handled: later awaits of this task run normally
-            if not await self._confirm_stop(thread_id, run_id):
+            if not await self._confirm_stop(thread_id, run_id, webhook=webhook):
                 # Stopped on a cancel that is not in the log (not yet, or its append was refused):
                 # the run is not over. Delivered again, it reads the log afresh and stops or resumes.
                 log.info("cancel not in the log; run redelivered")
@@ -225,8 +227,7 @@ class Executor:
             heartbeat.cancel()
             self.active.pop(run_id, None)
             self.cancelled.discard(run_id)
-        await thread_events.ended(outcome)
-        await self._finish(outcome, started_seq)
+        await self._end(thread_events, msgspec.structs.replace(outcome, webhook=webhook), started_seq)
         # A stateless run's thread goes with it; with a webhook, once the webhook has been called.
         if requested.kwargs.temporary and not requested.kwargs.webhook:
             task = asyncio.create_task(self._delete_soon(thread_id))
@@ -266,24 +267,41 @@ class Executor:
         except Exception as err:  # the thread stays; it is deleted like any other, over HTTP
             log.warning("stateless run's thread not deleted", thread_id=thread_id, error=repr(err))
 
+    async def _end(self, thread_events: ProtocolRunEvents, outcome: contracts.Event, started_seq: int) -> None:
+        """The run's end on the thread stream and its outcome in the log, in flight together (one
+        round trip; the end is handed to the connection first): both acknowledgements are
+        awaited, and neither waits for the other."""
+        ended, finished = await asyncio.gather(
+            thread_events.ended(outcome), self._finish(outcome, started_seq), return_exceptions=True
+        )
+        if isinstance(finished, BaseException):
+            raise finished  # the run is redelivered, and its end published again with it
+        if isinstance(ended, BaseException):
+            # The outcome is in the log: the end it stands for must reach the thread stream as well.
+            # Published again with the same ids, a duplicate of whatever of it was stored.
+            log.warning("run's end not stored on the thread stream; publishing it again", error=repr(ended))
+            await thread_events.ended(outcome)
+
     async def _finish(self, outcome: contracts.Event, started_seq: int) -> None:
         try:
             await self.log.append_event(outcome, expect=started_seq, scope="run")
             log.info("run ended", outcome=type(outcome).__name__)
             metrics.RUN_OUTCOMES.labels(_outcome_label(outcome)).inc()
         except Conflict:
-            await self._confirm_stop(outcome.thread_id, outcome.run_id)
+            await self._confirm_stop(outcome.thread_id, outcome.run_id, webhook=outcome.webhook)
 
-    async def _confirm_stop(self, thread_id: str, run_id: str) -> bool:
+    async def _confirm_stop(self, thread_id: str, run_id: str, *, webhook: bool | None = None) -> bool:
         """Append ``RunStopped`` if the run's newest control event is a cancel still unconfirmed.
-        False when nothing stopped the run in the log: its ``RunStarted`` is still the newest."""
+        False when nothing stopped the run in the log: its ``RunStarted`` is still the newest.
+        ``webhook``: whether the run's request names one, None when the request was not read."""
         last = await self.log.last(subjects.run_control(thread_id, run_id))
         if last is not None and last.subject.endswith(".started"):
             return False
         if last is None or not last.subject.endswith(".cancelled"):
             return True
         with contextlib.suppress(Conflict):
-            await self.log.append_event(contracts.RunStopped(thread_id=thread_id, run_id=run_id), expect=last.seq, scope="run")
+            stopped = contracts.RunStopped(thread_id=thread_id, run_id=run_id, webhook=webhook)
+            await self.log.append_event(stopped, expect=last.seq, scope="run")
             log.info("run stopped")
         return True
 
