@@ -17,10 +17,13 @@ from langgraph_sdk import get_client
 
 import contracts
 from contracts import subjects
-from tests.support import assert_all_succeeded, assert_verified
+from services.executor.service import Executor
+from tests.support import TEST_GRAPHS, assert_all_succeeded, assert_verified
 from tests.test_zombie import Cluster, contents, said, wait_logged
-from threadbus import verify
+from threadbus import broker, verify
 from threadbus.embedded import EmbeddedNats
+from threadbus.graphs import GraphRegistry
+from threadbus.settings import Settings
 from threadbus.threadlog import ThreadLog
 
 
@@ -223,3 +226,32 @@ async def test_an_executor_stopped_mid_run_hands_the_run_back(tmp_path):
             await nc.close()
     finally:
         await asyncio.to_thread(cluster.stop)
+
+
+async def test_a_runs_end_the_thread_stream_did_not_take_is_published_again_once_its_outcome_is_in(nats_url, thread_id):
+    class FlakyThreadStream:
+        """The v3 thread stream of the run, whose first end publish is not acknowledged."""
+
+        def __init__(self):
+            self.ends = []
+
+        async def ended(self, outcome):
+            self.ends.append(outcome)
+            if len(self.ends) == 1:
+                raise nats.errors.TimeoutError
+
+    nc = await nats.connect(nats_url)
+    try:
+        await broker.bootstrap(nc, Settings())
+        run_id = str(uuid.uuid4())
+        # What the run's outcome is appended against; not a RunStarted, which an executor on this
+        # nats-server would pick up.
+        started = await ThreadLog(nc).append_event(contracts.RunCancelled(thread_id=thread_id, run_id=run_id, action="interrupt"))
+        executor = Executor(nc, Settings(), GraphRegistry(TEST_GRAPHS))
+        stream = FlakyThreadStream()
+        outcome = contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, checkpoint_id=None, webhook=False)
+        await executor._end(stream, outcome, started)
+        assert await terminal_events(nc, thread_id, run_id) == ["RunSucceeded"]
+        assert stream.ends == [outcome, outcome]
+    finally:
+        await nc.close()
