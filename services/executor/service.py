@@ -5,7 +5,9 @@ decisions. A run is executed with a checkpointer guarded by the run's ``RunStart
 every checkpoint, write and outcome is appended only while that event is still the newest
 control event of the run. When the orchestrator cancels the run (``RunCancelled``) the task is
 cancelled at once; a zombie that missed the cancel is refused at its next append. Either way
-the executor confirms with ``RunStopped`` (invariant 2), unless the run was already compacted.
+the executor confirms with ``RunStopped`` (invariant 2), unless the run was already compacted;
+a run interrupted by the next one before it stored anything (a one-node graph's run is
+checkpointed only at its end, ``docs/durability.md``) first stores its input, guarded by the cancel.
 
 The message is acknowledged only once the outcome is in the log; until then it is kept alive
 with in-progress heartbeats, and redelivered to another executor if this one dies.
@@ -15,11 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import nats.errors
 import structlog
+from langgraph.constants import START
+from langgraph.errors import InvalidUpdateError
 from langgraph.types import Command, Send
 from nats.aio.client import Client as NATS
 
@@ -34,7 +40,7 @@ from threadbus.jsonable import jsonable
 from threadbus.read_model.database import Database
 from threadbus.settings import Settings
 from threadbus.store import open_store
-from threadbus.threadlog import Conflict, ThreadLog
+from threadbus.threadlog import Conflict, Entry, ThreadLog
 
 log = logs.get("threadbus.executor")
 
@@ -199,7 +205,8 @@ class Executor:
                 if run_id not in self.cancelled:
                     raise
                 asyncio.current_task().uncancel()  # handled: later awaits of this task run normally
-            if not await self._confirm_stop(thread_id, run_id, webhook=webhook):
+            keep = functools.partial(self._keep_input, requested)
+            if not await self._confirm_stop(thread_id, run_id, webhook=webhook, before=keep):
                 # Stopped on a cancel that is not in the log (not yet, or its append was refused):
                 # the run is not over. Delivered again, it reads the log afresh and stops or resumes.
                 log.info("cancel not in the log; run redelivered")
@@ -290,20 +297,55 @@ class Executor:
         except Conflict:
             await self._confirm_stop(outcome.thread_id, outcome.run_id, webhook=outcome.webhook)
 
-    async def _confirm_stop(self, thread_id: str, run_id: str, *, webhook: bool | None = None) -> bool:
-        """Append ``RunStopped`` if the run's newest control event is a cancel still unconfirmed.
-        False when nothing stopped the run in the log: its ``RunStarted`` is still the newest.
-        ``webhook``: whether the run's request names one, None when the request was not read."""
+    async def _confirm_stop(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        webhook: bool | None = None,
+        before: Callable[[Entry], Awaitable[None]] | None = None,
+    ) -> bool:
+        """Append ``RunStopped`` if the run's newest control event is a cancel still unconfirmed,
+        after ``before(cancel)``. False when nothing stopped the run in the log: its
+        ``RunStarted`` is still the newest. ``webhook``: whether the run's request names one,
+        None when the request was not read."""
         last = await self.log.last(subjects.run_control(thread_id, run_id))
         if last is not None and last.subject.endswith(".started"):
             return False
         if last is None or not last.subject.endswith(".cancelled"):
             return True
+        if before is not None:
+            await before(last)
         with contextlib.suppress(Conflict):
             stopped = contracts.RunStopped(thread_id=thread_id, run_id=run_id, webhook=webhook)
             await self.log.append_event(stopped, expect=last.seq, scope="run")
             log.info("run stopped")
         return True
+
+    async def _keep_input(self, requested: contracts.RunRequested, cancel: Entry) -> None:
+        """What a run interrupted by the next one (``multitask_strategy="interrupt"``) keeps when
+        it stored nothing yet: its input, applied to the state it started from, as LangGraph's
+        default durability would have stored at its start. A one-node graph's run is checkpointed
+        only at its end (docs/durability.md), so without this the thread would lose the message
+        the next run answers after. Stored before the stop is confirmed, guarded by the cancel:
+        the next run starts only after the stop."""
+        thread_id, run_id, kwargs = requested.thread_id, requested.run_id, requested.kwargs
+        if cancel.event().action != "interrupt" or kwargs.durability or kwargs.command or not kwargs.input:
+            return
+        if await self._has_checkpoint_of(thread_id, run_id):
+            return  # it got as far as a checkpoint: that is what it keeps
+        saver = self.saver.bound(RunGuard(thread_id=thread_id, run_id=run_id, started_seq=cancel.seq))
+        config = run_config(requested)
+        store = self.store.for_run()
+        try:
+            async with self.graphs.graph(requested.graph_id, config, store=store, context=kwargs.context or None) as graph:
+                graph = graph.copy(update={"store": store, "checkpointer": saver})
+                await graph.aupdate_state(config, kwargs.input, as_node=START)
+            log.info("interrupted run's input kept")
+        except RunSuperseded:
+            pass  # stopped meanwhile (by another delivery of the run): the stop is confirmed already
+        except (InvalidUpdateError, ValueError) as err:  # an input the graph does not take: nothing to keep
+            log.warning("interrupted run's input not kept", error=repr(err))
 
     async def _heartbeat(self, msg) -> None:
         interval = max(self.settings.executor_ack_wait_s / 3, 0.5)
