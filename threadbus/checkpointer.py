@@ -16,22 +16,22 @@ head (``...head.<ns>``: the run that wrote its newest checkpoint) and the checkp
 (``...index.ckpt.<ns>.<id>``: the run that wrote it). They turn "the newest checkpoint" and
 "checkpoint <id>" into gets of a literal subject, whose cost on the broker does not grow with the
 thread's history, where a last-by-subject over ``run.*`` walks every run's subjects. The pointers
-are stored before their record, in one round trip (:meth:`JetStreamSaver._append_checkpoint`), so
-a checkpoint always has them. A pointer carries the writing run's ``RunStarted`` sequence
-(``writes_after``), which the checkpoint's pending writes all come after, so a reader fetches the
-checkpoint and its writes at once.
+are stored before their record, in the same round trip (:meth:`JetStreamSaver._append_checkpoint`).
+A pointer carries the writing run's ``RunStarted`` sequence (``writes_after``), which the
+checkpoint's pending writes all come after, so a reader fetches the checkpoint and its writes at
+once.
 
 Reads: a namespace without a head has no checkpoint (every put stores one first, deleting a thread
 purges both), and an id without a ref is not stored. The newest checkpoint of a namespace is the
 head's, unless its checkpoint is gone (rolled back, pruned, deleted for its run, or never stored),
 when the newest by stream sequence over every run answers until the next checkpoint points the
-head again. ``get_tuple``
-takes two round trips: the pointer, then the checkpoint and its writes together. ``list`` walks
-the log backwards from the newest (or from ``before``) in windows of sequences and decodes only the
-checkpoints it returns (and the metadata of those a ``filter`` rejects), newest by stream sequence
-first: the same as newest id first, since LangGraph's ids are time-ordered (uuid6) and made when
-saved. Pending writes are applied in log order, the first write of a ``(task, idx >= 0)`` winning
-and the last one of a special negative index, as ``InMemorySaver`` does.
+head again. ``get_tuple`` takes two round trips: the pointer, then the checkpoint and its writes
+together. ``list`` walks the log backwards from the newest (or from ``before``) in windows of
+sequences and decodes only the checkpoints it returns (and the metadata of those a ``filter``
+rejects), newest by stream sequence first: the same as newest id first, since LangGraph's ids are
+time-ordered (uuid6) and made when saved. Pending writes are applied in log order, the first write
+of a ``(task, idx >= 0)`` winning and the last one of a special negative index, as
+``InMemorySaver`` does.
 
 Records are filed under the run that wrote them: the guard's run, or for an unguarded saver
 ``metadata["run_id"]`` (how LangGraph names a checkpoint's run), so ``delete_for_runs`` is a
@@ -420,9 +420,9 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
     async def _append_checkpoint(self, event: contracts.CheckpointSaved, writes_after: int) -> None:
         """The checkpoint's ref, its namespace's head and its record, in flight together (one
         round trip) and stored in that order: the broker takes one connection's publishes in
-        order, and refuses every one after a cancel once it refuses one (the run's guard), so
-        a checkpoint is never stored without its pointers, while a pointer stored without its
-        checkpoint (refused, or lost in a crash) is read past. Not an atomic batch: nats-server
+        order, and once the run's guard refuses one it refuses the rest, so a stored checkpoint
+        has its pointers (unless a pointer's publish was lost and its retry refused), while a
+        pointer stored without its checkpoint is read past. Not an atomic batch: nats-server
         stages each atomic batch of a file-backed stream in a file store of its own, measured at
         3 ms of its CPU and 4-7 ms of latency per batch, where these three cost 0.3 ms and 0.6 ms."""
         thread_id, run, ns, checkpoint_id = event.thread_id, event.run_id, event.checkpoint_ns, event.checkpoint_id
