@@ -46,8 +46,8 @@ class GraphEntry:
     graph_id: str
     spec: str
     target: Any = None
-    # The durability runs of a graph that is not a factory get when they name none, once known.
-    durability: Durability | None = None
+    # Whether the graph (not a factory) runs one step of one node (one_step), once known.
+    one_step: bool | None = None
 
     @property
     def is_factory(self) -> bool:
@@ -129,9 +129,9 @@ class GraphRegistry:
         entry = self.entries[graph_id]
         if entry.is_factory:
             return "exit" if one_step(graph) else None
-        if entry.durability is None:
-            entry.durability = "exit" if one_step(graph) else "async"
-        return entry.durability if entry.durability == "exit" else None
+        if entry.one_step is None:
+            entry.one_step = one_step(graph)
+        return "exit" if entry.one_step else None
 
 
 def one_step(graph: Pregel) -> bool:
