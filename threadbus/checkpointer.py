@@ -174,6 +174,7 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         source = subjects.checkpoints(thread_id, ns)
         seen: set[tuple[str, str, str]] = set()
         remaining, window, floor = limit, max(_FIRST_WINDOW, 4 * (limit or 0)), None
+        newest = top
         while floor is None or top >= floor:
             bottom = max(0, top - window)
             for entry in reversed(await self.log.read(source, after=bottom, until=top)):
@@ -197,7 +198,14 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             if floor is None:
                 # More to look for than the newest window held: the walk stops at the oldest.
                 floor = await self.log.next_seq(source, after=0) or top + 1
-            top, window = bottom, window * 2
+            if remaining is not None and not filter and seen:
+                # As many sequences as the checkpoints still wanted took so far, twice over, rather
+                # than twice the last window: a window's read also returns the records above it (the
+                # broker bounds a batch by count, not by sequence), as many as the window is long.
+                window = max(2 * remaining * (newest - bottom) // len(seen), 1)
+            else:
+                window *= 2
+            top = bottom
 
     async def _list_everywhere(
         self, filter: dict[str, Any] | None, before_id: str | None, limit: int | None
