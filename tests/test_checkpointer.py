@@ -180,3 +180,89 @@ async def test_a_head_left_on_a_removed_checkpoint_is_read_past(log, thread_id):
 
     assert (await saver.aget_tuple(generate_config(thread_id))).config == kept
     assert [t.config async for t in saver.alist(generate_config(thread_id))] == [kept]
+
+
+class _Rounds:
+    """Counts a caller's sequential broker round trips: reads in flight together count once."""
+
+    def __init__(self, monkeypatch):
+        self.in_flight = self.rounds = 0
+        for name in ("last", "_direct_batch"):
+            monkeypatch.setattr(ThreadLog, name, self._counted(getattr(ThreadLog, name)))
+
+    def _counted(self, fn):
+        async def counted(*args, **kwargs):
+            self.rounds += self.in_flight == 0
+            self.in_flight += 1
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                self.in_flight -= 1
+
+        return counted
+
+
+async def _started(log, thread_id: str, run_id: str) -> int:
+    """A control event for a run's guard to expect. Not a RunStarted, which an executor sharing
+    this nats-server would pick up: a cancel, which nothing acts on for a run never requested."""
+    return await log.append_event(contracts.RunCancelled(thread_id=thread_id, run_id=run_id, action="interrupt"))
+
+
+async def test_a_checkpoints_pointers_are_stored_first_and_it_is_read_back_in_two_round_trips(log, thread_id, monkeypatch):
+    run_id = str(uuid.uuid4())
+    started = await _started(log, thread_id, run_id)
+    saver = JetStreamSaver(log).bound(RunGuard(thread_id, run_id, started_seq=started))
+    stored = await saver.aput(generate_config(thread_id), generate_checkpoint(), generate_metadata(), {})
+    await saver.aput_writes(stored, [("ch", "w")], "task")
+
+    record = (await log.read(subjects.checkpoints(thread_id)))[-1]
+    ref = (await log.read(subjects.checkpoint_refs(thread_id)))[-1]
+    head = (await log.read(subjects.checkpoint_heads(thread_id)))[-1]
+    assert ref.seq < head.seq < record.seq  # a stored checkpoint has its pointers
+    # The writes against it come after the run's start: a reader fetches them from there at once.
+    assert head.event().writes_after == started and head.event().run_id == run_id
+
+    rounds = _Rounds(monkeypatch)
+    for config in (generate_config(thread_id), stored):
+        got = await JetStreamSaver(log).aget_tuple(config)
+        assert got.config == stored and got.pending_writes == [("task", "ch", "w")]
+    assert rounds.rounds == 4  # pointer, then checkpoint and writes together; twice
+
+    rounds.rounds = 0
+    assert await JetStreamSaver(log).aget_tuple(generate_config(str(uuid.uuid4()))) is None
+    assert rounds.rounds == 1  # no head, no checkpoint: nothing more is looked for
+
+
+async def test_a_refused_checkpoint_leaves_no_pointer(log, thread_id):
+    run_id = str(uuid.uuid4())
+    saver = JetStreamSaver(log).bound(RunGuard(thread_id, run_id, started_seq=0))
+    kept = await saver.aput(generate_config(thread_id), generate_checkpoint(), generate_metadata(), {})
+    await log.append_event(contracts.RunCancelled(thread_id=thread_id, run_id=run_id, action="interrupt"))
+    with pytest.raises(RunSuperseded):
+        await saver.aput(kept, generate_checkpoint(), generate_metadata(), {})
+
+    assert len(await log.read(subjects.checkpoint_refs(thread_id))) == 1
+    assert len(await log.read(subjects.checkpoint_heads(thread_id))) == 1
+    assert (await saver.aget_tuple(generate_config(thread_id))).config == kept
+
+
+async def test_a_checkpoint_whose_acknowledgement_was_lost_is_stored_once(log, thread_id, monkeypatch):
+    publish = log.js.publish
+    lost = []
+
+    async def record_ack_lost_once(subject, *args, **kwargs):
+        ack = await publish(subject, *args, **kwargs)
+        if ".ckpt." in subject and ".index." not in subject and not lost:
+            lost.append(ack.seq)
+            raise nats.errors.TimeoutError
+        return ack
+
+    monkeypatch.setattr(log.js, "publish", record_ack_lost_once)
+    for guard in (RunGuard(thread_id, str(uuid.uuid4()), started_seq=0), None):
+        lost.clear()
+        saver = JetStreamSaver(log) if guard is None else JetStreamSaver(log).bound(guard)
+        config = await saver.aput(generate_config(thread_id), generate_checkpoint(), generate_metadata(), {})
+        assert lost, "the record's acknowledgement was not lost"
+        stored = await log.read(subjects.checkpoints(thread_id, checkpoint_id=config["configurable"]["checkpoint_id"]))
+        assert [e.seq for e in stored] == lost
+        assert (await saver.aget_tuple(generate_config(thread_id))).config == config

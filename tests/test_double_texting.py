@@ -74,6 +74,20 @@ async def test_interrupt(client):
     assert (await client.runs.get(tid, second["run_id"]))["status"] == "success"
 
 
+async def test_interrupt_of_a_one_node_run_keeps_its_input(client):
+    """A one-node graph's run stores its state only when it ends (docs/durability.md); interrupted
+    before that, it still keeps its input, as with LangGraph's default durability."""
+    for first_durability in ({}, {"durability": "async"}):
+        tid = (await client.threads.create())["thread_id"]
+        first = await client.runs.create(tid, "slow", input=said("first"), config={"configurable": {"delay": 2}}, **first_durability)
+        await until_status(client, tid, first["run_id"], "running")
+        second = await client.runs.create(tid, "slow", input=said("second"), multitask_strategy="interrupt")
+        await client.runs.join(tid, second["run_id"])
+        state = await client.threads.get_state(tid)
+        assert contents(state["values"]) == ["first", "second", "replied to: second"], first_durability
+        assert (await client.runs.get(tid, first["run_id"]))["status"] == "interrupted"
+
+
 async def test_rollback(client):
     tid, first = await start_slow_run(client)
     second = await client.runs.create(tid, "two_step", input=said("second"), multitask_strategy="rollback")

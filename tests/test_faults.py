@@ -17,10 +17,13 @@ from langgraph_sdk import get_client
 
 import contracts
 from contracts import subjects
-from tests.support import assert_all_succeeded, assert_verified
+from services.executor.service import Executor
+from tests.support import TEST_GRAPHS, assert_all_succeeded, assert_verified
 from tests.test_zombie import Cluster, contents, said, wait_logged
-from threadbus import verify
+from threadbus import broker, verify
 from threadbus.embedded import EmbeddedNats
+from threadbus.graphs import GraphRegistry
+from threadbus.settings import Settings
 from threadbus.threadlog import ThreadLog
 
 
@@ -49,6 +52,38 @@ async def test_a_run_whose_executor_is_killed_finishes_on_another(tmp_path):
         assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
         assert await wait_logged([survivor], "run executing", run_id=run["run_id"]) is survivor
         assert contents((await client.threads.get_state(tid))["values"]) == ["hello", "thinking about: hello", "answer to: hello"]
+        nc = await nats.connect(cluster.nats.url)
+        try:
+            assert await terminal_events(nc, tid, run["run_id"]) == ["RunSucceeded"]
+            report = await verify.verify(nc, [tid])
+            assert report.ok, report.format()
+        finally:
+            await nc.close()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+
+
+async def test_a_one_node_run_whose_executor_is_killed_is_done_again_from_its_input(tmp_path):
+    """A one-node graph stores nothing until its run ends (durability "exit", docs/durability.md):
+    a resume cut off mid-node is done again, from the same pause and with the same answer."""
+    cluster = Cluster(tmp_path)
+    try:
+        await cluster.start()
+        client = get_client(url=cluster.gateway.url)
+        tid = (await client.threads.create())["thread_id"]
+        await client.runs.wait(tid, "pausing", input=said("go"))
+        run = await client.runs.create(tid, "pausing", command={"resume": "yes"}, config={"configurable": {"delay": 1.5}})
+        victim = await wait_logged(cluster.executors, "run executing", run_id=run["run_id"])
+        survivor = next(p for p in cluster.executors if p is not victim)
+        await asyncio.sleep(0.5)  # inside the node, past the interrupt it resumed
+        victim.kill()
+
+        async with asyncio.timeout(60):
+            await client.runs.join(tid, run["run_id"])
+        assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
+        assert await wait_logged([survivor], "run executing", run_id=run["run_id"]) is survivor
+        assert contents((await client.threads.get_state(tid))["values"]) == ["go", "approved: yes"]
+        assert len(await client.threads.get_history(tid)) == 2  # the pause, then the end
         nc = await nats.connect(cluster.nats.url)
         try:
             assert await terminal_events(nc, tid, run["run_id"]) == ["RunSucceeded"]
@@ -191,3 +226,32 @@ async def test_an_executor_stopped_mid_run_hands_the_run_back(tmp_path):
             await nc.close()
     finally:
         await asyncio.to_thread(cluster.stop)
+
+
+async def test_a_runs_end_the_thread_stream_did_not_take_is_published_again_once_its_outcome_is_in(nats_url, thread_id):
+    class FlakyThreadStream:
+        """The v3 thread stream of the run, whose first end publish is not acknowledged."""
+
+        def __init__(self):
+            self.ends = []
+
+        async def ended(self, outcome):
+            self.ends.append(outcome)
+            if len(self.ends) == 1:
+                raise nats.errors.TimeoutError
+
+    nc = await nats.connect(nats_url)
+    try:
+        await broker.bootstrap(nc, Settings())
+        run_id = str(uuid.uuid4())
+        # What the run's outcome is appended against; not a RunStarted, which an executor on this
+        # nats-server would pick up.
+        started = await ThreadLog(nc).append_event(contracts.RunCancelled(thread_id=thread_id, run_id=run_id, action="interrupt"))
+        executor = Executor(nc, Settings(), GraphRegistry(TEST_GRAPHS))
+        stream = FlakyThreadStream()
+        outcome = contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, checkpoint_id=None, webhook=False)
+        await executor._end(stream, outcome, started)
+        assert await terminal_events(nc, thread_id, run_id) == ["RunSucceeded"]
+        assert stream.ends == [outcome, outcome]
+    finally:
+        await nc.close()

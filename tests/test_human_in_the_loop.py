@@ -86,6 +86,36 @@ async def test_interrupt_before_and_after_then_continue(client):
     assert (await client.threads.get_state(tid))["next"] == []
 
 
+async def test_a_one_node_graph_pauses_and_resumes_with_one_checkpoint_per_run(client):
+    """One-node graphs run with durability "exit" (docs/durability.md): the state a run ends or
+    pauses in is its only checkpoint, and pauses of every kind resume from it."""
+    tid = (await client.threads.create())["thread_id"]
+    paused = await client.runs.wait(tid, "echo", input=said("q"), interrupt_before=["reply"])
+    assert contents(paused) == ["q"] and (await client.threads.get_state(tid))["next"] == ["reply"]
+    assert contents(await client.runs.wait(tid, "echo", input=None)) == ["q", "echo: q"]
+    # After the only node nothing is left to do, so there is nothing to pause before (as in LangGraph).
+    after = await client.runs.wait(tid, "echo", input=said("r"), interrupt_after=["reply"])
+    assert contents(after)[-1] == "echo: r" and (await client.threads.get_state(tid))["next"] == []
+    assert len(await client.threads.get_history(tid, limit=100)) == 3  # one per run
+
+    tid = (await client.threads.create())["thread_id"]
+    first = await client.runs.wait(tid, "asking_twice", input=said("go"))
+    assert first["__interrupt__"][0]["value"] == {"question": "first?"}
+    second = await client.runs.wait(tid, "asking_twice", command={"resume": "a"})
+    assert second["__interrupt__"][0]["value"] == {"question": "second?"}
+    done = await client.runs.wait(tid, "asking_twice", command={"resume": "b"})
+    assert contents(done) == ["go", "answers: a, b"]
+
+
+async def test_a_run_that_names_its_durability_is_checkpointed_so(client):
+    tid = (await client.threads.create())["thread_id"]
+    await client.runs.wait(tid, "echo", input=said("q"), durability="sync")
+    # The input, the state before the node and the state after it.
+    assert len(await client.threads.get_history(tid)) == 3
+    await client.runs.wait(tid, "echo", input=said("r"))
+    assert len(await client.threads.get_history(tid)) == 4
+
+
 async def test_interrupt_inside_a_subgraph(client):
     tid = (await client.threads.create())["thread_id"]
     result = await client.runs.wait(tid, "nested", input=said("deep"))

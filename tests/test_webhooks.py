@@ -76,3 +76,25 @@ async def test_a_webhook_must_be_an_http_url(client):
     with pytest.raises(httpx.HTTPStatusError) as err:
         await client.runs.create(thread, "echo", input=HI, webhook="ftp://example.invalid/hook")
     assert err.value.response.status_code == 422
+
+
+async def test_outcomes_say_whether_their_run_has_a_webhook(client, receiver, nats_url):
+    """So that the webhook sender reads a run's request only when there is a webhook to call."""
+    url, _, received = receiver
+    thread = (await client.threads.create())["thread_id"]
+    hooked = await client.runs.create(thread, "echo", input=HI, webhook=url)
+    await asyncio.wait_for(received.get(), 60)
+    plain = await client.runs.wait(thread, "failing", input=HI, raise_error=False)
+    assert "__error__" in plain
+    nc = await nats.connect(nats_url)
+    try:
+        log = ThreadLog(nc)
+        outcomes = {
+            e.event().run_id: (type(e.event()).__name__, e.event().webhook)
+            for e in await log.read(subjects.thread_control(thread))
+            if type(e.event()).__name__ in ("RunSucceeded", "RunFailed")
+        }
+    finally:
+        await nc.close()
+    assert outcomes[hooked["run_id"]] == ("RunSucceeded", True)
+    assert sorted(outcomes.values()) == [("RunFailed", False), ("RunSucceeded", True)]

@@ -11,21 +11,27 @@ its ``RunStarted``: once the orchestrator has appended anything newer for the ru
 rollback) every append fails with :class:`RunSuperseded`, so a deposed executor cannot write
 state after the next run may have started.
 
-With every checkpoint two small pointers are appended (``contracts.subjects``): the namespace's
+With every checkpoint two small pointers are stored (``contracts.subjects``): the namespace's
 head (``...head.<ns>``: the run that wrote its newest checkpoint) and the checkpoint's ref
 (``...index.ckpt.<ns>.<id>``: the run that wrote it). They turn "the newest checkpoint" and
 "checkpoint <id>" into gets of a literal subject, whose cost on the broker does not grow with the
-thread's history, where a last-by-subject over ``run.*`` walks every run's subjects.
+thread's history, where a last-by-subject over ``run.*`` walks every run's subjects. The pointers
+are stored before their record, in the same round trip (:meth:`JetStreamSaver._append_checkpoint`).
+A pointer carries the writing run's ``RunStarted`` sequence (``writes_after``), which the
+checkpoint's pending writes all come after, so a reader fetches the checkpoint and its writes at
+once.
 
-Reads: the newest checkpoint of a namespace is the newest by stream sequence: the head's, unless
-its checkpoint is gone (rolled back, pruned, deleted for its run), when the wildcard over every run
-answers until the next checkpoint points the head again. ``list`` walks the log backwards from the
-newest (or from ``before``) in windows of sequences and decodes only the checkpoints it returns
-(and the metadata of those a ``filter`` rejects), newest by stream sequence first: the same as
-newest id first, since LangGraph's ids are time-ordered (uuid6) and made when saved. Pending
-writes are read from the writing run's ``RunStarted`` on and applied in log order, the first
-write of a ``(task, idx >= 0)`` winning and the last one of a special negative index, as
-``InMemorySaver`` does. A thread with no pointer at all (written before pointers existed) is read the old way.
+Reads: a namespace without a head has no checkpoint (every put stores one first, deleting a thread
+purges both), and an id without a ref is not stored. The newest checkpoint of a namespace is the
+head's, unless its checkpoint is gone (rolled back, pruned, deleted for its run, or never stored),
+when the newest by stream sequence over every run answers until the next checkpoint points the
+head again. ``get_tuple`` takes two round trips: the pointer, then the checkpoint and its writes
+together. ``list`` walks the log backwards from the newest (or from ``before``) in windows of
+sequences and decodes only the checkpoints it returns (and the metadata of those a ``filter``
+rejects), newest by stream sequence first: the same as newest id first, since LangGraph's ids are
+time-ordered (uuid6) and made when saved. Pending writes are applied in log order, the first write
+of a ``(task, idx >= 0)`` winning and the last one of a special negative index, as
+``InMemorySaver`` does.
 
 Records are filed under the run that wrote them: the guard's run, or for an unguarded saver
 ``metadata["run_id"]`` (how LangGraph names a checkpoint's run), so ``delete_for_runs`` is a
@@ -118,7 +124,15 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         conf = config["configurable"]
         thread_id, ns, checkpoint_id = conf["thread_id"], conf.get("checkpoint_ns", ROOT_NS), get_checkpoint_id(config)
-        entry = await (self._by_id(thread_id, ns, checkpoint_id) if checkpoint_id else self._newest(thread_id, ns))
+        pointers = subjects.checkpoint_refs(thread_id, ns, checkpoint_id) if checkpoint_id else subjects.checkpoint_heads(thread_id, ns)
+        pointer = await self.log.last(pointers)
+        if pointer is None:
+            return None
+        found = await self._pointed(pointer.event())
+        if found is not None or checkpoint_id:
+            return found
+        # The head's checkpoint is gone (rolled back, pruned, never stored): the newest one still stored.
+        entry = await self.log.last(subjects.checkpoints(thread_id, ns))
         return await self._tuple(entry) if entry else None
 
     async def alist(
@@ -160,6 +174,7 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         source = subjects.checkpoints(thread_id, ns)
         seen: set[tuple[str, str, str]] = set()
         remaining, window, floor = limit, max(_FIRST_WINDOW, 4 * (limit or 0)), None
+        newest = top
         while floor is None or top >= floor:
             bottom = max(0, top - window)
             for entry in reversed(await self.log.read(source, after=bottom, until=top)):
@@ -183,7 +198,14 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             if floor is None:
                 # More to look for than the newest window held: the walk stops at the oldest.
                 floor = await self.log.next_seq(source, after=0) or top + 1
-            top, window = bottom, window * 2
+            if remaining is not None and not filter and seen:
+                # As many sequences as the checkpoints still wanted took so far, twice over, rather
+                # than twice the last window: a window's read also returns the records above it (the
+                # broker bounds a batch by count, not by sequence), as many as the window is long.
+                window = max(2 * remaining * (newest - bottom) // len(seen), 1)
+            else:
+                window *= 2
+            top = bottom
 
     async def _list_everywhere(
         self, filter: dict[str, Any] | None, before_id: str | None, limit: int | None
@@ -230,14 +252,8 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         if not ns:
             # Set when called: LangGraph puts a thread's checkpoints one after the other, newest last.
             self.current_checkpoint_id = checkpoint_id
-        # A fresh id per call: append reuses it for the call's own retries, and a checkpoint saved
-        # again later (a redelivered run, a copy after a delete) is a new record, read as the newest.
-        # The pointers go with it, not after it: a pointer that lands without its checkpoint is
-        # read past (see _newest), so nothing waits for the checkpoint's acknowledgement first.
-        await asyncio.gather(
-            self._append(subjects.checkpoint(thread_id, run, ns, checkpoint_id), contracts.encode(event), str(uuid.uuid4())),
-            self._point(thread_id, run, ns, checkpoint_id),
-        )
+        writes_after = self.guard.started_seq if self.guard else 0
+        await self._append_checkpoint(event, writes_after)
         return _config(thread_id, ns, checkpoint_id)
 
     async def aput_writes(
@@ -297,14 +313,11 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         for entry in sorted(records, key=lambda e: e.seq):
             event = msgspec.structs.replace(entry.event(), thread_id=target_thread_id)
             if isinstance(event, contracts.CheckpointSaved):
-                subject = subjects.checkpoint(target_thread_id, event.run_id, event.checkpoint_ns, event.checkpoint_id)
-            else:
-                subject = subjects.writes_record(
-                    target_thread_id, event.run_id, event.checkpoint_ns, event.checkpoint_id, event.task_id
-                )
+                # The copies' runs never started in the target thread: no floor for their writes.
+                await self._append_checkpoint(event, writes_after=0)
+                continue
+            subject = subjects.writes_record(target_thread_id, event.run_id, event.checkpoint_ns, event.checkpoint_id, event.task_id)
             await self.log.append(subject, contracts.encode(event), msg_id=str(uuid.uuid4()))
-            if isinstance(event, contracts.CheckpointSaved):
-                await self._point(target_thread_id, event.run_id, event.checkpoint_ns, event.checkpoint_id)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """``keep_latest`` keeps the newest checkpoint of each namespace (and its writes). Every
@@ -412,46 +425,57 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
     def _load(self, blob: contracts.TypedBlob) -> Any:
         return self.serde.loads_typed((blob.type, blob.data))
 
-    async def _point(self, thread_id: str, run: str, ns: str, checkpoint_id: str) -> None:
-        """Appends the checkpoint's ref and its namespace's head. Either may land before the
-        checkpoint is acknowledged or, after a crash, without it: a reader that finds a pointer
-        with no checkpoint behind it looks the slow way, which is never wrong."""
+    async def _append_checkpoint(self, event: contracts.CheckpointSaved, writes_after: int) -> None:
+        """The checkpoint's ref, its namespace's head and its record, in flight together (one
+        round trip) and stored in that order: the broker takes one connection's publishes in
+        order, and once the run's guard refuses one it refuses the rest, so a stored checkpoint
+        has its pointers (unless a pointer's publish was lost and its retry refused), while a
+        pointer stored without its checkpoint is read past. Not an atomic batch: nats-server
+        stages each atomic batch of a file-backed stream in a file store of its own, measured at
+        3 ms of its CPU and 4-7 ms of latency per batch, where these three cost 0.3 ms and 0.6 ms."""
+        thread_id, run, ns, checkpoint_id = event.thread_id, event.run_id, event.checkpoint_ns, event.checkpoint_id
         pointer = contracts.encode(
-            contracts.CheckpointPointer(thread_id=thread_id, run_id=run, checkpoint_ns=ns, checkpoint_id=checkpoint_id)
+            contracts.CheckpointPointer(
+                thread_id=thread_id, run_id=run, checkpoint_ns=ns, checkpoint_id=checkpoint_id, writes_after=writes_after
+            )
         )
+        # Fresh ids per call: append reuses them for the call's own retries, and a checkpoint
+        # saved again later (a redelivered run, a copy after a delete) is a new record, read as
+        # the newest.
         await asyncio.gather(
             self._append(subjects.checkpoint_ref(thread_id, ns, checkpoint_id), pointer, str(uuid.uuid4())),
             self._append(subjects.checkpoint_head(thread_id, ns), pointer, str(uuid.uuid4())),
+            self._append(subjects.checkpoint(thread_id, run, ns, checkpoint_id), contracts.encode(event), str(uuid.uuid4())),
         )
+
+    async def _pointed(self, pointer: contracts.CheckpointPointer) -> CheckpointTuple | None:
+        """The checkpoint a pointer names, or None when it is gone (rolled back or deleted)."""
+        thread_id, ns, checkpoint_id = pointer.thread_id, pointer.checkpoint_ns, pointer.checkpoint_id
+        stored = subjects.stored_checkpoint(thread_id, pointer.run_id, ns, checkpoint_id)
+        if not pointer.writes_after:
+            entry = await self.log.last(stored)
+            return await self._tuple(entry) if entry else None
+        entry, writes = await asyncio.gather(
+            self.log.last(stored), self._pending_writes(thread_id, ns, checkpoint_id, after=pointer.writes_after)
+        )
+        return await self._tuple(entry, pending_writes=writes) if entry else None
 
     async def _newest(self, thread_id: str, ns: str) -> Entry | None:
         head = await self.log.last(subjects.checkpoint_heads(thread_id, ns))
-        if head is not None:
-            pointer = head.event()
-            entry = await self.log.last(subjects.stored_checkpoint(thread_id, pointer.run_id, ns, pointer.checkpoint_id))
-            if entry is not None:
-                return entry
-        elif ns != ROOT_NS and await self._has_pointers(thread_id):
-            return None  # the thread's checkpoints are all pointed at, and none is in this namespace
-        # No pointer yet, or the head's checkpoint is gone (rolled back, pruned): the slow way.
-        return await self.log.last(subjects.checkpoints(thread_id, ns))
+        if head is None:
+            return None  # no checkpoint was ever put in the namespace, or the thread was deleted
+        pointer = head.event()
+        entry = await self.log.last(subjects.stored_checkpoint(thread_id, pointer.run_id, ns, pointer.checkpoint_id))
+        # Gone (rolled back, pruned, never stored): the newest one still stored.
+        return entry or await self.log.last(subjects.checkpoints(thread_id, ns))
 
     async def _by_id(self, thread_id: str, ns: str | None, checkpoint_id: str) -> Entry | None:
         ref = await self.log.last(subjects.checkpoint_refs(thread_id, ns, checkpoint_id))
-        if ref is not None:
-            pointer = ref.event()
-            # Gone when rolled back or deleted: saved again, it would have a newer ref.
-            return await self.log.last(
-                subjects.stored_checkpoint(thread_id, pointer.run_id, pointer.checkpoint_ns, checkpoint_id)
-            )
-        if await self._has_pointers(thread_id):
+        if ref is None:
             return None
-        return await self.log.last(subjects.checkpoints(thread_id, ns, checkpoint_id))
-
-    async def _has_pointers(self, thread_id: str) -> bool:
-        """Whether the thread's checkpoints were saved with pointers (its root namespace has a
-        head), so that a missing pointer means a missing checkpoint."""
-        return await self.log.last(subjects.checkpoint_heads(thread_id, ROOT_NS)) is not None
+        pointer = ref.event()
+        # Gone when rolled back or deleted: saved again, it would have a newer ref.
+        return await self.log.last(subjects.stored_checkpoint(thread_id, pointer.run_id, pointer.checkpoint_ns, checkpoint_id))
 
     async def _pending_writes(self, thread_id: str, ns: str, checkpoint_id: str, after: int) -> list[PendingWrite]:
         applied: dict[tuple[str, int], tuple[str, str, contracts.TypedBlob]] = {}
@@ -467,7 +491,11 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         return [(task_id, channel, self._load(blob)) for (task_id, _), (_, channel, blob) in ordered]
 
     async def _tuple(
-        self, entry: Entry, event: contracts.CheckpointSaved | None = None, metadata: Any = None
+        self,
+        entry: Entry,
+        event: contracts.CheckpointSaved | None = None,
+        metadata: Any = None,
+        pending_writes: list[PendingWrite] | None = None,
     ) -> CheckpointTuple:
         event = entry.event() if event is None else event
         thread_id, ns = event.thread_id, event.checkpoint_ns
@@ -477,15 +505,16 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
             checkpoint=self._load(event.checkpoint),
             metadata=self._load(event.metadata) if metadata is None else metadata,
             parent_config=_config(thread_id, ns, event.parent_checkpoint_id) if event.parent_checkpoint_id else None,
-            pending_writes=await self._pending_writes(
-                thread_id, ns, event.checkpoint_id, after=await self._writes_floor(entry)
-            ),
+            pending_writes=pending_writes
+            if pending_writes is not None
+            else await self._pending_writes(thread_id, ns, event.checkpoint_id, after=await self._writes_floor(entry)),
         )
 
     async def _writes_floor(self, entry: Entry) -> int:
-        """A sequence that the writes made against the checkpoint come after. A run stores a
-        checkpoint in the background while its next tasks already write against it, so its writes
-        may precede it, but not the run's ``RunStarted``; writes of later runs come later still. A
+        """A sequence that the writes made against the checkpoint come after, for a checkpoint read
+        without its pointer (the pointer's ``writes_after`` says it). A run stores a checkpoint in
+        the background while its next tasks already write against it, so its writes may precede
+        it, but not the run's ``RunStarted``; writes of later runs come later still. A
         checkpoint of no threadbus run (a state update, a graph run outside an executor) gives no
         such bound: its writes are looked for from the start."""
         run = subjects.run_of(entry.subject)

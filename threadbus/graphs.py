@@ -10,6 +10,10 @@ a factory of any shape LangGraph Platform accepts: no parameter, the config, a
 Factories are called for every use, as LangGraph Platform does: runs (``threads.create_run``, an
 execution runtime with the run's ``context``) and reads (``threads.read`` for state and history,
 ``threads.update`` for state edits, ``assistants.read`` for graph and schemas; a read runtime).
+
+:meth:`GraphRegistry.durability` is how a run that names no ``durability`` is checkpointed:
+``"exit"`` for a graph whose every run is one superstep of one node (docs/durability.md), LangGraph's
+default otherwise.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from langgraph.constants import END, START
 from langgraph.graph import StateGraph
 from langgraph.pregel import Pregel
+from langgraph.types import Durability
 
 # The SDK's own runtime classes, so factories narrowing with `runtime.execution_runtime` (an
 # isinstance check in the SDK) see what they see on LangGraph Platform.
@@ -40,6 +46,8 @@ class GraphEntry:
     graph_id: str
     spec: str
     target: Any = None
+    # Whether the graph (not a factory) runs one step of one node (one_step), once known.
+    one_step: bool | None = None
 
     @property
     def is_factory(self) -> bool:
@@ -111,6 +119,37 @@ class GraphRegistry:
             if not isinstance(target, Pregel):
                 raise TypeError(f"graph {graph_id!r} resolved to {type(target).__name__}, not a LangGraph graph")
             yield target
+
+    def durability(self, graph_id: str, graph: Pregel) -> Durability | None:
+        """How a run of ``graph`` (the graph ``graph_id`` gave for the run) that names no durability
+        is checkpointed: ``"exit"`` (one checkpoint, when the run ends or pauses) when every run is
+        one step of one node, so that a run cut off anywhere is done again from its input, which
+        is all a checkpoint stored before or during that step could have saved; None (LangGraph's
+        default) otherwise. Decided once for a graph, and for every graph a factory builds."""
+        entry = self.entries[graph_id]
+        if entry.is_factory:
+            return "exit" if one_step(graph) else None
+        if entry.one_step is None:
+            entry.one_step = one_step(graph)
+        return "exit" if entry.one_step else None
+
+
+def one_step(graph: Pregel) -> bool:
+    """Whether every run of ``graph`` is exactly one superstep of real work: a graph built with
+    ``StateGraph`` of one node, entered from START, that can go on only to END (no conditional
+    edge, no ``Command`` destination but END in its return annotation) and runs no subgraph.
+    What a node does without saying so (an unannotated ``Command(goto=...)``) cannot be seen."""
+    builder = getattr(graph, "builder", None)
+    if not isinstance(builder, StateGraph) or len(builder.nodes) != 1:
+        return False
+    (name, spec), = builder.nodes.items()
+    if builder.branches or builder.waiting_edges or (START, name) not in builder.edges:
+        return False
+    ends = spec.ends.values() if isinstance(spec.ends, dict) else spec.ends or ()
+    if not builder.edges <= {(START, name), (name, END)} or any(end != END for end in ends):
+        return False
+    node = graph.nodes.get(name)
+    return node is not None and not node.subgraphs
 
 
 def server_runtime(access_context: str, *, store: Any = None, context: Any = None, user: Any = None):

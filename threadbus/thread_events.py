@@ -3,10 +3,12 @@
 One writer per run. Publishes are pipelined (no round trip per token) and coalesced: events
 produced within ``LINGER_S`` of each other go to the broker in one write, not one socket send each
 (a graph yields to the loop between tokens, so nats-py would otherwise flush every event alone;
-measured: half the executor's time was socket sends). :meth:`flush` waits for every acknowledgement, and is awaited before anything that tells a reader the run moved on (the
-run's outcome in the thread log, an ``input.requested``), so a reader that sees that has every
-event before it. A reader gives each event its stream sequence as ``seq`` and ``event_id``: the
-same on every connection and every gateway.
+measured: half the executor's time was socket sends). :meth:`flush` sends what is buffered at
+once, then waits for every acknowledgement. The graph's events are flushed before anything that
+tells a reader the run moved on (an ``input.requested``, the run's end); the end itself is
+flushed while the run's outcome is appended to the thread log, handed to the connection first.
+A reader gives each event its stream sequence as ``seq`` and ``event_id``: the same on every
+connection and every gateway.
 
 Message ids make a retried publish a duplicate: a run's root lifecycle events are keyed by what
 they say (``running`` is published once per run however often it is delivered), the events of the
@@ -102,13 +104,16 @@ class ThreadEventWriter:
             self.pending = [f for f in self.pending if not f.done()]
 
     async def flush(self) -> None:
-        """Sends what is buffered and waits until the broker has stored all of it."""
+        """Sends what is buffered, before the first await, and waits until the broker has stored
+        all of it."""
         draining, self.draining = self.draining, None
         if draining is not None:
-            draining.cancel()  # still waiting out its linger: its events are sent here
+            # Still waiting out its linger (it clears `draining` before it sends): sent here instead.
+            draining.cancel()
+        await self._send()
+        if draining is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await draining
-        await self._send()
         if self.failure is not None:
             failure, self.failure = self.failure, None
             raise failure

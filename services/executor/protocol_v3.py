@@ -34,6 +34,8 @@ class ProtocolRunEvents:
         self.paused = True
 
     async def running(self) -> None:
+        """Published with the graph's first events, or its end; the graph does not wait for it:
+        its acknowledgement is awaited with theirs."""
         await self.writer.lifecycle("running", self.graph_name)
 
     async def run(self, graph, graph_input: Any, config: dict, *, subgraphs: bool = False, **kwargs: Any) -> None:
@@ -50,7 +52,8 @@ class ProtocolRunEvents:
                     await self.writer.publish(method, data, namespace, timestamp)
 
     async def ended(self, outcome: contracts.Event) -> None:
-        """The run's end on the thread stream, stored before the outcome is appended."""
+        """The run's end on the thread stream, stored when this returns (the executor appends the
+        outcome meanwhile)."""
         match outcome:
             case contracts.RunInterrupted(interrupts=interrupts):
                 await self.writer.flush()  # everything before the pause is stored before it

@@ -5,7 +5,9 @@ decisions. A run is executed with a checkpointer guarded by the run's ``RunStart
 every checkpoint, write and outcome is appended only while that event is still the newest
 control event of the run. When the orchestrator cancels the run (``RunCancelled``) the task is
 cancelled at once; a zombie that missed the cancel is refused at its next append. Either way
-the executor confirms with ``RunStopped`` (invariant 2), unless the run was already compacted.
+the executor confirms with ``RunStopped`` (invariant 2), unless the run was already compacted;
+a run interrupted by the next one before it stored anything (a one-node graph's run is
+checkpointed only at its end, ``docs/durability.md``) first stores its input, guarded by the cancel.
 
 The message is acknowledged only once the outcome is in the log; until then it is kept alive
 with in-progress heartbeats, and redelivered to another executor if this one dies.
@@ -15,11 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 import nats.errors
 import structlog
+from langgraph.constants import START
+from langgraph.errors import InvalidUpdateError
 from langgraph.types import Command, Send
 from nats.aio.client import Client as NATS
 
@@ -34,7 +40,7 @@ from threadbus.jsonable import jsonable
 from threadbus.read_model.database import Database
 from threadbus.settings import Settings
 from threadbus.store import open_store
-from threadbus.threadlog import Conflict, ThreadLog
+from threadbus.threadlog import Conflict, Entry, ThreadLog
 
 log = logs.get("threadbus.executor")
 
@@ -175,15 +181,17 @@ class Executor:
         if deliveries > 1:
             metrics.REDELIVERIES.inc()
         thread_events = ProtocolRunEvents(self.js, requested, attempt=deliveries)
+        # Told on the outcome, so that the webhook sender reads the request only when there is one.
+        webhook = bool(requested.kwargs.webhook)
         if deliveries > self.settings.executor_max_deliver:
             outcome = contracts.RunFailed(
                 thread_id=thread_id,
                 run_id=run_id,
                 error="MaxDeliveriesExceeded",
                 message=f"the run was delivered {deliveries - 1} times without finishing",
+                webhook=webhook,
             )
-            await thread_events.ended(outcome)
-            await self._finish(outcome, started_seq)
+            await self._end(thread_events, outcome, started_seq)
             return
         self.active[run_id] = asyncio.current_task()
         heartbeat = asyncio.create_task(self._heartbeat(msg))
@@ -197,7 +205,8 @@ class Executor:
                 if run_id not in self.cancelled:
                     raise
                 asyncio.current_task().uncancel()  # handled: later awaits of this task run normally
-            if not await self._confirm_stop(thread_id, run_id):
+            keep = functools.partial(self._keep_input, requested)
+            if not await self._confirm_stop(thread_id, run_id, webhook=webhook, before=keep):
                 # Stopped on a cancel that is not in the log (not yet, or its append was refused):
                 # the run is not over. Delivered again, it reads the log afresh and stops or resumes.
                 log.info("cancel not in the log; run redelivered")
@@ -225,8 +234,7 @@ class Executor:
             heartbeat.cancel()
             self.active.pop(run_id, None)
             self.cancelled.discard(run_id)
-        await thread_events.ended(outcome)
-        await self._finish(outcome, started_seq)
+        await self._end(thread_events, msgspec.structs.replace(outcome, webhook=webhook), started_seq)
         # A stateless run's thread goes with it; with a webhook, once the webhook has been called.
         if requested.kwargs.temporary and not requested.kwargs.webhook:
             task = asyncio.create_task(self._delete_soon(thread_id))
@@ -266,26 +274,78 @@ class Executor:
         except Exception as err:  # the thread stays; it is deleted like any other, over HTTP
             log.warning("stateless run's thread not deleted", thread_id=thread_id, error=repr(err))
 
+    async def _end(self, thread_events: ProtocolRunEvents, outcome: contracts.Event, started_seq: int) -> None:
+        """The run's end on the thread stream and its outcome in the log, in flight together (one
+        round trip; the end is handed to the connection first): both acknowledgements are
+        awaited, and neither waits for the other."""
+        ended, finished = await asyncio.gather(
+            thread_events.ended(outcome), self._finish(outcome, started_seq), return_exceptions=True
+        )
+        if isinstance(finished, BaseException):
+            raise finished  # the run is redelivered, and its end published again with it
+        if isinstance(ended, BaseException):
+            # The outcome is in the log: the end it stands for must reach the thread stream as well.
+            # Published again with the same ids, a duplicate of whatever of it was stored.
+            log.warning("run's end not stored on the thread stream; publishing it again", error=repr(ended))
+            await thread_events.ended(outcome)
+
     async def _finish(self, outcome: contracts.Event, started_seq: int) -> None:
         try:
             await self.log.append_event(outcome, expect=started_seq, scope="run")
             log.info("run ended", outcome=type(outcome).__name__)
             metrics.RUN_OUTCOMES.labels(_outcome_label(outcome)).inc()
         except Conflict:
-            await self._confirm_stop(outcome.thread_id, outcome.run_id)
+            await self._confirm_stop(outcome.thread_id, outcome.run_id, webhook=outcome.webhook)
 
-    async def _confirm_stop(self, thread_id: str, run_id: str) -> bool:
-        """Append ``RunStopped`` if the run's newest control event is a cancel still unconfirmed.
-        False when nothing stopped the run in the log: its ``RunStarted`` is still the newest."""
+    async def _confirm_stop(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        webhook: bool | None = None,
+        before: Callable[[Entry], Awaitable[None]] | None = None,
+    ) -> bool:
+        """Append ``RunStopped`` if the run's newest control event is a cancel still unconfirmed,
+        after ``before(cancel)``. False when nothing stopped the run in the log: its
+        ``RunStarted`` is still the newest. ``webhook``: whether the run's request names one,
+        None when the request was not read."""
         last = await self.log.last(subjects.run_control(thread_id, run_id))
         if last is not None and last.subject.endswith(".started"):
             return False
         if last is None or not last.subject.endswith(".cancelled"):
             return True
+        if before is not None:
+            await before(last)
         with contextlib.suppress(Conflict):
-            await self.log.append_event(contracts.RunStopped(thread_id=thread_id, run_id=run_id), expect=last.seq, scope="run")
+            stopped = contracts.RunStopped(thread_id=thread_id, run_id=run_id, webhook=webhook)
+            await self.log.append_event(stopped, expect=last.seq, scope="run")
             log.info("run stopped")
         return True
+
+    async def _keep_input(self, requested: contracts.RunRequested, cancel: Entry) -> None:
+        """What a run interrupted by the next one (``multitask_strategy="interrupt"``) keeps when
+        it stored nothing yet: its input, applied to the state it started from, as LangGraph's
+        default durability would have stored at its start. A one-node graph's run is checkpointed
+        only at its end (docs/durability.md), so without this the thread would lose the message
+        the next run answers after. Stored before the stop is confirmed, guarded by the cancel:
+        the next run starts only after the stop."""
+        thread_id, run_id, kwargs = requested.thread_id, requested.run_id, requested.kwargs
+        if cancel.event().action != "interrupt" or kwargs.durability or kwargs.command or not kwargs.input:
+            return
+        if await self._has_checkpoint_of(thread_id, run_id):
+            return  # it got as far as a checkpoint: that is what it keeps
+        saver = self.saver.bound(RunGuard(thread_id=thread_id, run_id=run_id, started_seq=cancel.seq))
+        config = run_config(requested)
+        store = self.store.for_run()
+        try:
+            async with self.graphs.graph(requested.graph_id, config, store=store, context=kwargs.context or None) as graph:
+                graph = graph.copy(update={"store": store, "checkpointer": saver})
+                await graph.aupdate_state(config, kwargs.input, as_node=START)
+            log.info("interrupted run's input kept")
+        except RunSuperseded:
+            pass  # stopped meanwhile (by another delivery of the run): the stop is confirmed already
+        except (InvalidUpdateError, ValueError) as err:  # an input the graph does not take: nothing to keep
+            log.warning("interrupted run's input not kept", error=repr(err))
 
     async def _heartbeat(self, msg) -> None:
         interval = max(self.settings.executor_ack_wait_s / 3, 0.5)
@@ -301,11 +361,20 @@ class Executor:
         store = self.store.for_run()
         context = requested.kwargs.context or None
         async with self.graphs.graph(requested.graph_id, config, store=store, context=context) as graph:
+            durability = requested.kwargs.durability or self.graphs.durability(requested.graph_id, graph)
             graph = graph.copy(update={"store": store, "checkpointer": saver})
-            return await self._run_built(graph, requested, config, saver, thread_events, retry=retry)
+            return await self._run_built(graph, requested, config, saver, thread_events, durability=durability, retry=retry)
 
     async def _run_built(
-        self, graph, requested: contracts.RunRequested, config: dict, saver: RunSaver, thread_events: ProtocolRunEvents, *, retry: bool
+        self,
+        graph,
+        requested: contracts.RunRequested,
+        config: dict,
+        saver: RunSaver,
+        thread_events: ProtocolRunEvents,
+        *,
+        durability: str | None,
+        retry: bool,
     ) -> contracts.Event:
         thread_id, run_id = requested.thread_id, requested.run_id
         kwargs = requested.kwargs
@@ -325,7 +394,7 @@ class Executor:
                 subgraphs=kwargs.subgraphs,
                 interrupt_before=kwargs.interrupt_before,
                 interrupt_after=kwargs.interrupt_after,
-                **({"durability": kwargs.durability} if kwargs.durability else {}),
+                **({"durability": durability} if durability else {}),
             )
         finally:
             # Whatever was streamed is stored before the outcome (or the stop) is appended.

@@ -44,6 +44,31 @@ _pausing.add_edge("ask", END)
 pausing = _pausing.compile()
 
 
+async def slow_reply(state: Chat, config) -> dict:
+    await asyncio.sleep(config["configurable"].get("delay", 0))
+    return {"messages": [AIMessage(content=f"replied to: {state['messages'][-1].content}")]}
+
+
+_slow = StateGraph(Chat)
+_slow.add_node("slow_reply", slow_reply)
+_slow.add_edge(START, "slow_reply")
+slow = _slow.compile()
+"""One node that takes `config.configurable.delay` seconds."""
+
+
+def ask_twice(state: Chat) -> dict:
+    first = interrupt({"question": "first?"})
+    second = interrupt({"question": "second?"})
+    return {"messages": [AIMessage(content=f"answers: {first}, {second}")]}
+
+
+_asking_twice = StateGraph(Chat)
+_asking_twice.add_node("ask_twice", ask_twice)
+_asking_twice.add_edge(START, "ask_twice")
+asking_twice = _asking_twice.compile()
+"""One node that pauses twice: its first answer is kept across the second pause."""
+
+
 def make_configured(config):
     """A factory: the graph's greeting comes from the run's config."""
     greeting = config.get("configurable", {}).get("greeting", "hello")
