@@ -21,6 +21,8 @@ import msgspec
 
 __all__ = [
     "RUN_TIMEOUT",
+    "INLINE_VALUES_MAX_BYTES",
+    "INLINE_REQUEST_MAX_BYTES",
     "Event",
     "RunKwargs",
     "RunRequested",
@@ -156,8 +158,15 @@ class RunRejected(Event, tag=True, kw_only=True):
     detail: str
 
 
+INLINE_REQUEST_MAX_BYTES = 8192
+"""The largest encoded ``RunRequested`` a ``RunStarted`` carries itself."""
+
+
 class RunStarted(Event, tag=True, kw_only=True):
     run_id: str
+    # The run's request, when its decider had it at hand and it encodes to at most
+    # INLINE_REQUEST_MAX_BYTES: its executor then need not read it. None: read it from the log.
+    request: RunRequested | None = None
 
 
 class RunCancelled(Event, tag=True, kw_only=True):
@@ -184,9 +193,14 @@ class RunSucceeded(Event, tag=True, kw_only=True):
 
     run_id: str
     checkpoint_id: str | None = None
-    values: Any = None  # written by threadbus before outcomes named their checkpoint; read, never written
+    # The state values in that checkpoint, when they encode to at most INLINE_VALUES_MAX_BYTES
+    # of JSON; None: read them from the checkpoint.
+    values: Any = None
     webhook: bool | None = None
 
+
+INLINE_VALUES_MAX_BYTES = 8192
+"""The largest final state an outcome carries itself (``RunSucceeded.values``)."""
 
 RUN_TIMEOUT = "RunTimeout"
 """``RunFailed.error`` of a run stopped because it ran longer than the deployment allows."""

@@ -106,6 +106,8 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         # The root namespace's checkpoint this saver last wrote or wrote against: the state a run
         # ended in, known without reading it back.
         self.current_checkpoint_id: str | None = None
+        # That checkpoint as LangGraph handed it over, when this saver wrote it (else None).
+        self.current_checkpoint: Checkpoint | None = None
         try:
             self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -117,6 +119,7 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         clone.__class__ = RunSaver
         clone.guard = guard
         clone.current_checkpoint_id = None
+        clone.current_checkpoint = None
         clone._ahead = None
         return clone
 
@@ -251,7 +254,7 @@ class JetStreamSaver(BaseCheckpointSaver[int]):
         )
         if not ns:
             # Set when called: LangGraph puts a thread's checkpoints one after the other, newest last.
-            self.current_checkpoint_id = checkpoint_id
+            self.current_checkpoint_id, self.current_checkpoint = checkpoint_id, checkpoint
         writes_after = self.guard.started_seq if self.guard else 0
         await self._append_checkpoint(event, writes_after)
         return _config(thread_id, ns, checkpoint_id)

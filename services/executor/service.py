@@ -33,10 +33,10 @@ import contracts
 from contracts import subjects
 from services.executor.protocol_v3 import ProtocolRunEvents
 from services.executor.streaming import RunStreamWriter
-from threadbus import broker, logs, metrics
+from threadbus import broker, logs, metrics, state_values
 from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSaver, RunSuperseded
 from threadbus.graphs import GraphRegistry
-from threadbus.jsonable import jsonable
+from threadbus.jsonable import dumps, jsonable
 from threadbus.read_model.database import Database
 from threadbus.settings import Settings
 from threadbus.store import open_store
@@ -146,7 +146,7 @@ class Executor:
         thread_id, run_id = started.thread_id, started.run_id
         with structlog.contextvars.bound_contextvars(thread_id=thread_id, run_id=run_id):
             try:
-                await self._execute_run(msg, thread_id, run_id, started_seq)
+                await self._execute_run(msg, started, started_seq)
             except _Redeliver:
                 return
             except broker.UNREACHABLE as err:
@@ -164,18 +164,20 @@ class Executor:
                 return
             await msg.ack()
 
-    async def _execute_run(self, msg, thread_id: str, run_id: str, started_seq: int) -> None:
+    async def _execute_run(self, msg, started: contracts.RunStarted, started_seq: int) -> None:
+        thread_id, run_id = started.thread_id, started.run_id
         saver = self.saver.bound(RunGuard(thread_id=thread_id, run_id=run_id, started_seq=started_seq))
         # The thread's newest checkpoint, which the graph reads first, is read while the request is.
         saver.read_ahead()
         try:
-            await self._execute_started(msg, saver, thread_id, run_id, started_seq)
+            await self._execute_started(msg, saver, started, started_seq)
         finally:
             saver.discard_read_ahead()
 
-    async def _execute_started(self, msg, saver: RunSaver, thread_id: str, run_id: str, started_seq: int) -> None:
+    async def _execute_started(self, msg, saver: RunSaver, started: contracts.RunStarted, started_seq: int) -> None:
+        thread_id, run_id = started.thread_id, started.run_id
         deliveries = msg.metadata.num_delivered
-        requested = await self._requested(msg, thread_id, run_id, started_seq, deliveries)
+        requested = await self._requested(msg, started, started_seq, deliveries)
         if requested is None:
             return
         if deliveries > 1:
@@ -241,14 +243,18 @@ class Executor:
             self.deleting.add(task)
             task.add_done_callback(self.deleting.discard)
 
-    async def _requested(self, msg, thread_id: str, run_id: str, started_seq: int, deliveries: int):
+    async def _requested(self, msg, started: contracts.RunStarted, started_seq: int, deliveries: int):
         """The run's request, or None when there is nothing to execute.
 
-        A first delivery reads only the request, one direct get on its stored subject (the
-        RunStarted's sibling): a cancel that came meanwhile is found by the run's first guarded
-        append, which is refused. A redelivery reads the run's control events first, since the run
-        was often stopped, finished or compacted since it started.
+        A first delivery takes the request the ``RunStarted`` carries, or else reads only the
+        request, one direct get on its stored subject (the RunStarted's sibling): a cancel that
+        came meanwhile is found by the run's first guarded append, which is refused. A redelivery
+        reads the run's control events first, since the run was often stopped, finished or
+        compacted since it started.
         """
+        thread_id, run_id = started.thread_id, started.run_id
+        if deliveries == 1 and started.request is not None:
+            return started.request
         if deliveries == 1:
             entry = await self.log.last(subjects.sibling(msg.subject, "RunRequested"))
             if entry is not None:
@@ -400,8 +406,11 @@ class Executor:
             # Whatever was streamed is stored before the outcome (or the stop) is appended.
             await asyncio.shield(stream.flush())
         if not stream.paused and saver.current_checkpoint_id is not None:
-            # The common case, known without decoding the final state a second time.
-            return contracts.RunSucceeded(thread_id=thread_id, run_id=run_id, checkpoint_id=saver.current_checkpoint_id)
+            # The common case, known without decoding the final state a second time; small values
+            # go with it, so that the answer to the waiting client needs no read of the checkpoint.
+            return contracts.RunSucceeded(
+                thread_id=thread_id, run_id=run_id, checkpoint_id=saver.current_checkpoint_id, values=await _small_values(graph, saver)
+            )
         # A pause, whose interrupts the state has by task, or a run that wrote nothing (a
         # redelivery of a run that had ended): read the state back.
         snapshot = await graph.aget_state({"configurable": {"thread_id": thread_id}})
@@ -416,6 +425,14 @@ class Executor:
     async def _has_checkpoint_of(self, thread_id: str, run_id: str) -> bool:
         newest = await self.log.last(subjects.checkpoints(thread_id))
         return newest is not None and subjects.run_of(newest.subject) == run_id
+
+
+async def _small_values(graph, saver: RunSaver) -> Any:
+    """The run's final values when they are small enough to go into its outcome, else None."""
+    if saver.current_checkpoint is None:
+        return None
+    values = await state_values.of_checkpoint(graph, saver.current_checkpoint, saver, saver.guard.thread_id)
+    return values if len(dumps(values)) <= contracts.INLINE_VALUES_MAX_BYTES else None
 
 
 def _backoff(msg) -> float:

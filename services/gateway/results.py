@@ -1,8 +1,9 @@
 """What ``wait``, ``join`` and webhooks answer with: a run's result, read from the checkpoint its
-outcome names.
+outcome names, when the outcome does not carry it.
 
-An outcome says which checkpoint holds the run's final state (``checkpoint_id``); the values are
-read from that one record with one direct get and decoded once, with the graph's own channels, as
+An outcome says which checkpoint holds the run's final state (``checkpoint_id``), and carries the
+values themselves when they are small (the executor knew them). Otherwise the values are read
+from that one record with one direct get and decoded once, with the graph's own channels, as
 LangGraph's ``StateSnapshot.values`` are (not a replay of the thread, not a state read).
 """
 
@@ -10,10 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph.pregel._checkpoint import achannels_from_checkpoint
-from langgraph.pregel._io import read_channels
-
 from contracts import subjects
+from threadbus import state_values
 from threadbus.checkpointer import JetStreamSaver
 from threadbus.jsonable import jsonable
 
@@ -29,12 +28,7 @@ async def checkpoint_values(saver: JetStreamSaver, graph, thread_id: str, checkp
     if entry is None:
         return {}
     blob = entry.event().checkpoint
-    checkpoint = saver.serde.loads_typed((blob.type, blob.data))
-    config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": "", "checkpoint_id": checkpoint_id}}
-    # LangGraph's own reading of channels from a checkpoint: a channel's stored form is not always
-    # its value (a delta channel replays its history through the saver).
-    channels, _ = await achannels_from_checkpoint(graph.channels, checkpoint, saver=saver, config=config)
-    return jsonable(read_channels(channels, graph.stream_channels_asis))
+    return await state_values.of_checkpoint(graph, saver.serde.loads_typed((blob.type, blob.data)), saver, thread_id)
 
 
 async def paused_values(saver: JetStreamSaver, graph, thread_id: str, checkpoint_id: str | None, written_by: str | None = None) -> Any:

@@ -393,8 +393,11 @@ class Orchestrator:
         entries = await self.log.read(subjects.thread_control(state.thread_id), after=state.seq, through=through)
         return fold(state, _decoded(entries))
 
-    async def _decision(self, state: ThreadState, refusals: dict[str, contracts.RunRejected | None]) -> contracts.Event | None:
-        """The next decision the state calls for, if any."""
+    async def _decision(
+        self, state: ThreadState, refusals: dict[str, contracts.RunRejected | None], accepted: dict[str, contracts.RunRequested]
+    ) -> contracts.Event | None:
+        """The next decision the state calls for, if any. ``accepted``: the requests accepted
+        while settling, whose start then carries the request (the executor need not read it)."""
         decision = next_decision(state, self.settings.paused_thread_input)
         if decision is not None and (request := _answered_request(state)) is not None:
             # Checked before any decision it causes: a request naming nothing that exists must
@@ -402,12 +405,18 @@ class Orchestrator:
             if request.run_id not in refusals:
                 refusals[request.run_id] = await self.admission.refusal(request)
             decision = refusals[request.run_id] or decision
+            if isinstance(decision, contracts.RunAccepted):
+                accepted[request.run_id] = request
+        request = accepted.get(decision.run_id) if isinstance(decision, contracts.RunStarted) else None
+        if request is not None and len(contracts.encode(request)) <= contracts.INLINE_REQUEST_MAX_BYTES:
+            decision = msgspec.structs.replace(decision, request=request)
         return decision
 
     async def _settle(self, state: ThreadState) -> ThreadState:
         conflicts = 0
         refusals: dict[str, contracts.RunRejected | None] = {}  # run id -> asked once per settling
-        while (decision := await self._decision(state, refusals)) is not None:
+        accepted: dict[str, contracts.RunRequested] = {}
+        while (decision := await self._decision(state, refusals, accepted)) is not None:
             try:
                 seq = await self.log.append_event(decision, expect=state.seq)
             except Conflict as conflict:
