@@ -1,9 +1,9 @@
-"""A run's webhook is called with its result once it ends, and retried when the receiver fails."""
+"""A run's webhook is called with its result once it ends, and retried when the receiver fails;
+the gateways share the outcomes through one consumer, each outcome delivered to one of them."""
 
 from __future__ import annotations
 
 import asyncio
-
 import uuid
 
 import httpx

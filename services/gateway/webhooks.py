@@ -76,7 +76,7 @@ class WebhookSender:
         except broker.UNREACHABLE as err:
             # Not acknowledged: the broker delivers it again after the consumer's ack_wait.
             log.warning("webhook outcome left for redelivery", error=repr(err))
-        except Exception:  # noqa: BLE001 - the same; the sender goes on with the other outcomes
+        except Exception:  # the same; the sender goes on with the other outcomes
             log.exception("webhook outcome left for redelivery")
 
     async def _handle(self, msg) -> None:
