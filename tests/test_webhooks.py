@@ -1,17 +1,22 @@
-"""A run's webhook is called with its result once it ends, and retried when the receiver fails."""
+"""A run's webhook is called with its result once it ends, and retried when the receiver fails;
+the gateways share the outcomes through one consumer, each outcome delivered to one of them."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import httpx
 import nats
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts import subjects
-from threadbus.embedded import free_port
+from threadbus import broker
+from threadbus.embedded import EmbeddedNats, free_port
+from threadbus.settings import Settings
 from threadbus.threadlog import ThreadLog
 
 HI = {"messages": [{"role": "human", "content": "hi"}]}
@@ -98,3 +103,95 @@ async def test_outcomes_say_whether_their_run_has_a_webhook(client, receiver, na
         await nc.close()
     assert outcomes[hooked["run_id"]] == ("RunSucceeded", True)
     assert sorted(outcomes.values()) == [("RunFailed", False), ("RunSucceeded", True)]
+
+
+@pytest.fixture
+async def bare_broker(tmp_path):
+    """A nats-server of this test's own with threadbus's streams and consumers, and a connection."""
+    server = EmbeddedNats(tmp_path)
+    server.start()
+    nc = await nats.connect(server.url)
+    await broker.bootstrap(nc, Settings())
+    yield nc
+    await nc.close()
+    server.stop()
+
+
+async def publish_outcome(js) -> int:
+    subject = subjects.control_event(str(uuid.uuid4()), str(uuid.uuid4()), "RunSucceeded")
+    return (await js.publish(subject, b"{}")).seq
+
+
+async def test_the_pull_consumer_of_older_versions_is_replaced_from_where_it_had_got_to(bare_broker):
+    """An upgraded deployment neither skips the outcomes its old consumer had not acknowledged
+    nor calls again those below its ack floor."""
+    js = bare_broker.jetstream()
+    await js.delete_consumer(subjects.THREAD_STREAM, broker.WEBHOOKS_CONSUMER)
+    old = ConsumerConfig(  # the pull consumer as older versions created it
+        durable_name="webhooks",
+        filter_subjects=[subjects.outcome_any(name) for name in ("RunSucceeded", "RunFailed", "RunInterrupted", "RunStopped")],
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.NEW,
+        ack_wait=60,
+        max_deliver=-1,
+        max_ack_pending=1_000,
+    )
+    await js.add_consumer(subjects.THREAD_STREAM, old)
+    seqs = [await publish_outcome(js) for _ in range(3)]
+    pull = await js.pull_subscribe_bind(durable="webhooks", stream=subjects.THREAD_STREAM)
+    for msg in await pull.fetch(2, timeout=5):
+        await msg.ack_sync()
+    await pull.unsubscribe()
+
+    await broker.bootstrap(bare_broker, Settings())
+    await broker.bootstrap(bare_broker, Settings())  # again, as every service does: nothing moves
+
+    names = {c.name for c in await js.consumers_info(subjects.THREAD_STREAM)}
+    assert "webhooks" not in names and broker.WEBHOOKS_CONSUMER in names
+    info = await js.consumer_info(subjects.THREAD_STREAM, broker.WEBHOOKS_CONSUMER)
+    assert info.config.opt_start_seq == seqs[2]
+    got = await (await Gateway.subscribe(bare_broker)).received(most=5)
+    assert [m.metadata.sequence.stream for m in got] == [seqs[2]]
+
+
+async def test_gateways_share_the_outcomes_each_goes_to_one(bare_broker):
+    other = await nats.connect(bare_broker.connected_url.geturl())
+    try:
+        gateways = [await Gateway.subscribe(nc) for nc in (bare_broker, other)]
+        js = bare_broker.jetstream()
+        seqs = [await publish_outcome(js) for _ in range(20)]
+        got = [await gateway.received(20) for gateway in gateways]
+    finally:
+        await other.close()
+    assert sorted(m.metadata.sequence.stream for m in got[0] + got[1]) == seqs, "each outcome once"
+
+
+class Gateway:
+    """One gateway's subscription to the webhooks consumer, acking what it is delivered."""
+
+    @classmethod
+    async def subscribe(cls, nc) -> Gateway:
+        gateway = cls()
+        gateway.got = asyncio.Queue()
+
+        async def delivered(msg):
+            await msg.ack()
+            gateway.got.put_nowait(msg)
+
+        gateway.sub = await nc.jetstream().subscribe_bind(
+            stream=subjects.THREAD_STREAM, config=broker.webhooks_consumer(), consumer=broker.WEBHOOKS_CONSUMER, cb=delivered, manual_ack=True
+        )
+        return gateway
+
+    async def received(self, most: int, quiet_s: float = 1.0) -> list:
+        """What was delivered, up to ``most`` or until none came for ``quiet_s``; then unsubscribed."""
+        msgs = []
+        try:
+            while len(msgs) < most:
+                try:
+                    msgs.append(await asyncio.wait_for(self.got.get(), quiet_s))
+                except TimeoutError:
+                    break
+        finally:
+            await self.sub.unsubscribe()
+        return msgs

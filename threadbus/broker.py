@@ -34,7 +34,10 @@ log = logs.get("threadbus.broker")
 
 ORCHESTRATOR_CONSUMER = "orchestrator"  # one per partition: orchestrator-p<k>
 EXECUTOR_CONSUMER = "executor"
-WEBHOOKS_CONSUMER = "webhooks"
+WEBHOOKS_CONSUMER = "webhook-senders"
+# The pull consumer the webhook senders shared before: replaced at bootstrap (a consumer cannot
+# change from pull to push in place), from where it had got to.
+_PULL_WEBHOOKS_CONSUMER = "webhooks"
 THREADS_BUCKET = "tb_threads"
 ASSISTANTS_BUCKET = "tb_assistants"
 STORE_BUCKET = "tb_store"
@@ -274,6 +277,66 @@ def orchestrator_consumer(partition: int, deliver_subject: str, start_seq: int) 
     )
 
 
+def webhooks_consumer(start_seq: int | None = None) -> ConsumerConfig:
+    """The consumer of run outcomes that every gateway's webhook sender shares.
+
+    Push to a deliver group: each outcome goes to one subscribed gateway, and costs a delivery and
+    an ack, no fetch requests (a pull consumer costs a request and an end-of-batch status per
+    batch, and a request and a timeout every idle second). No idle heartbeats: they would cost a
+    message every few seconds while idle, and one member of the group hearing them tells the
+    others nothing; after a broker restart the client subscribes again by itself and the durable
+    consumer goes on. ``start_seq`` is the first outcome to deliver; None: those stored from now on.
+    """
+    return ConsumerConfig(
+        durable_name=WEBHOOKS_CONSUMER,
+        filter_subjects=[subjects.outcome_any(name) for name in ("RunSucceeded", "RunFailed", "RunInterrupted", "RunStopped")],
+        deliver_subject="_TB.deliver.webhooks",
+        deliver_group=WEBHOOKS_CONSUMER,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.NEW,
+        opt_start_seq=start_seq,
+        ack_wait=60,
+        max_deliver=-1,
+        # The backpressure, shared by all gateways: ack_wait runs from the delivery, so as many as
+        # this must be answered within it. Each sender calls them all at once, over an HTTP pool of
+        # 100 connections with a 10 s timeout: 256 receivers that time out take ~30 s.
+        max_ack_pending=256,
+    )
+
+
+async def _ensure_webhooks_consumer(js) -> None:
+    """Creates (or updates) the webhook senders' consumer and deletes the pull consumer it
+    replaced, after it: an outcome that one had not acknowledged is delivered again, none is
+    skipped. Where a consumer starts cannot be updated, so an existing one keeps its start; two
+    services bootstrapping at once may both try to create it, and the second keeps the first's."""
+    for attempt in (1, 2):
+        try:
+            existing = await js.consumer_info(subjects.THREAD_STREAM, WEBHOOKS_CONSUMER)
+            start_seq = existing.config.opt_start_seq
+        except nats.js.errors.NotFoundError:
+            start_seq = await _pull_webhooks_resume_seq(js)
+        try:
+            await js.add_consumer(subjects.THREAD_STREAM, webhooks_consumer(start_seq))
+            break
+        except nats.js.errors.APIError:  # created meanwhile from another start, which cannot change
+            if attempt == 2:
+                raise
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_consumer(subjects.THREAD_STREAM, _PULL_WEBHOOKS_CONSUMER)
+        log.info("replaced the webhooks pull consumer", consumer=WEBHOOKS_CONSUMER, start_seq=start_seq)
+
+
+async def _pull_webhooks_resume_seq(js) -> int | None:
+    """The first outcome the old pull consumer had not acknowledged (its ack floor + 1), or
+    None without one. Outcomes above the floor already acknowledged are delivered again (a
+    webhook may be called twice, as after any redelivery)."""
+    try:
+        old = await js.consumer_info(subjects.THREAD_STREAM, _PULL_WEBHOOKS_CONSUMER)
+    except nats.js.errors.NotFoundError:
+        return None
+    return old.ack_floor.stream_seq + 1
+
+
 async def _bootstrap(nc: NATS, settings: Settings) -> None:
     js = nc.jetstream()
     await _check_layout(js)
@@ -292,19 +355,9 @@ async def _bootstrap(nc: NATS, settings: Settings) -> None:
             max_ack_pending=10_000,
         ),
     ]
-    consumers.append(
-        ConsumerConfig(
-            durable_name=WEBHOOKS_CONSUMER,
-            filter_subjects=[subjects.outcome_any(name) for name in ("RunSucceeded", "RunFailed", "RunInterrupted", "RunStopped")],
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.NEW,
-            ack_wait=60,
-            max_deliver=-1,
-            max_ack_pending=1_000,
-        )
-    )
     for cfg in consumers:
         await js.add_consumer(subjects.THREAD_STREAM, cfg)
+    await _ensure_webhooks_consumer(js)
     buckets = [
         KeyValueConfig(bucket=bucket, history=16, storage=StorageType.FILE, replicas=settings.replicas)
         for bucket in (THREADS_BUCKET, ASSISTANTS_BUCKET, ASSISTANT_VERSIONS_BUCKET, STORE_BUCKET, CRONS_BUCKET)

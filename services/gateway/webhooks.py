@@ -1,10 +1,13 @@
 """Webhooks: a run with ``webhook`` gets its result POSTed there once it ends.
 
-Driven by the log, not by the request that created the run: gateways share the durable
-``webhooks`` consumer on run outcomes, so the call is made once whichever gateway took the
-request, and still made after any process restarts. A failed call (a connection error or a
-non-2xx answer) is retried with a growing delay, ``THREADBUS_WEBHOOK_ATTEMPTS`` times in all;
-then it is given up with an error in the log, not retried forever.
+Driven by the log, not by the request that created the run: gateways share the durable push
+consumer ``webhook-senders`` on run outcomes (``broker.webhooks_consumer``), subscribed as one
+deliver group, so each outcome goes to one gateway whichever took the request, and the call is
+still made after any process restarts (an outcome not acknowledged is delivered again). An
+outcome that says its run has no webhook costs its delivery and an ack, nothing else. A failed
+call (a connection error or a non-2xx answer) is retried with a growing delay (a nak with that
+delay), ``THREADBUS_WEBHOOK_ATTEMPTS`` times in all; then it is given up with an error in the
+log, not retried forever.
 
 The body is the run as ``GET /threads/{t}/runs/{r}`` shows it, plus ``values`` (what ``wait``
 returns: the final values, ``__interrupt__`` or ``__error__``) and ``webhook_sent_at``.
@@ -16,7 +19,6 @@ import asyncio
 
 import httpx
 import msgspec
-import nats.errors
 import structlog
 
 import contracts
@@ -27,6 +29,9 @@ from threadbus.jsonable import jsonable
 
 log = logs.get("threadbus.gateway.webhooks")
 
+# How long a stopping sender lets the calls in hand finish (a call's own timeout is 10 s).
+STOP_GRACE_S = 5.0
+
 
 class WebhookSender:
     def __init__(self, backend):
@@ -35,23 +40,44 @@ class WebhookSender:
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
 
     async def run(self, stop: asyncio.Event) -> None:
-        psub = await self.backend.js.pull_subscribe_bind(durable=broker.WEBHOOKS_CONSUMER, stream=subjects.THREAD_STREAM)
+        handling: set[asyncio.Task] = set()
+
+        async def delivered(msg) -> None:
+            # Handled side by side, not one after another: one slow receiver must not hold up the
+            # calls behind it. How many are in hand at once is the consumer's max_ack_pending.
+            task = asyncio.create_task(self._handle_or_leave(msg))
+            handling.add(task)
+            task.add_done_callback(handling.discard)
+
+        sub = await self.backend.js.subscribe_bind(
+            stream=subjects.THREAD_STREAM,
+            config=broker.webhooks_consumer(),
+            consumer=broker.WEBHOOKS_CONSUMER,
+            cb=delivered,
+            manual_ack=True,
+        )
         try:
-            # Stopped by the event, not by cancelling: nats-py's fetch turns a cancellation into
-            # a timeout, which would look like an idle second and go round again.
-            while not stop.is_set():
-                try:
-                    msgs = await psub.fetch(16, timeout=1)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                    continue
-                except broker.UNREACHABLE:
-                    await asyncio.sleep(1)  # the client reconnects by itself; calls resume then
-                    continue
-                await asyncio.gather(*(self._handle(m) for m in msgs))
+            await stop.wait()
         finally:
-            # Left subscribed, its queue would hold the connection's drain forever.
-            await psub.unsubscribe()
+            # Left subscribed, its queue would hold the connection's drain forever. Unsubscribed
+            # first, so that nothing new arrives while the calls in hand finish; one not finished
+            # in time is not acknowledged, and the broker delivers it again (to another gateway).
+            await sub.unsubscribe()
+            if handling:
+                _, unfinished = await asyncio.wait(handling, timeout=STOP_GRACE_S)
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.gather(*unfinished, return_exceptions=True)
             await self.http.aclose()
+
+    async def _handle_or_leave(self, msg) -> None:
+        try:
+            await self._handle(msg)
+        except broker.UNREACHABLE as err:
+            # Not acknowledged: the broker delivers it again after the consumer's ack_wait.
+            log.warning("webhook outcome left for redelivery", error=repr(err))
+        except Exception:  # the same; the sender goes on with the other outcomes
+            log.exception("webhook outcome left for redelivery")
 
     async def _handle(self, msg) -> None:
         try:
