@@ -175,6 +175,9 @@ class RunCancelled(Event, tag=True, kw_only=True):
 
     run_id: str
     action: CancelAction
+    # True: the run had not started, and this ends it; False: it was running, and ends when its
+    # executor confirms with RunStopped. None: not told (an event written before it was).
+    pending: bool | None = None
 
 
 # On an outcome, ``webhook`` tells the webhook sender whether the run's request named a webhook,

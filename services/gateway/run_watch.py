@@ -3,8 +3,9 @@
 Following a run with an ordered consumer per request costs a consumer created and deleted on the
 broker each time, and the request's own events delivered to it. Instead each gateway holds one
 ordered consumer, for its whole life, on the events a waiting request needs (decisions and
-outcomes of every run, ``RunStarted`` included), and hands each event to the requests that wait on
-its run. A consumer, not a plain subscription: a subscriber would also receive decisions the
+outcomes of every run; not ``RunStarted``, which every gateway would receive for every run and no
+waiter needs: a cancel says whether it ends a pending run), and hands each event to the requests
+that wait on its run. A consumer, not a plain subscription: a subscriber would also receive decisions the
 stream refused (a stale orchestrator's), which never happened as far as the log is concerned.
 
 A request registers before it reads: events of its run stored before it registered are read from
@@ -27,8 +28,8 @@ from contracts import subjects
 from threadbus import broker
 from threadbus.threadlog import Entry, ThreadLog
 
-# What requests wait for: a decision on the request, the start, the cancel, the end.
-WATCHED = ("RunAccepted", "RunRejected", "RunStarted", "RunCancelled", *(t.__name__ for t in contracts.TERMINAL_EVENTS))
+# What requests wait for: a decision on the request, the cancel, the end.
+WATCHED = ("RunAccepted", "RunRejected", "RunCancelled", *(t.__name__ for t in contracts.TERMINAL_EVENTS))
 
 
 class RunWatch:

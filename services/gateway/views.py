@@ -61,10 +61,11 @@ async def outcome(events: AsyncIterator[contracts.Event]) -> contracts.Event:
     async for event in events:
         if isinstance(event, (*contracts.TERMINAL_EVENTS, contracts.RunRejected)):  # refused: nothing more comes
             return event
-        if isinstance(event, contracts.RunStarted):
+        if isinstance(event, contracts.RunStarted):  # read from the log: the watch does not deliver it
             started = True
-        elif isinstance(event, contracts.RunCancelled) and not started and event.action == "interrupt":
-            return event  # a pending run ends with its cancel; a running one with RunStopped
+        elif isinstance(event, contracts.RunCancelled) and event.action == "interrupt":
+            if event.pending or (event.pending is None and not started):
+                return event  # a pending run ends with its cancel; a running one with RunStopped
     raise AssertionError("control events ended")
 
 

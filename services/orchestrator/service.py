@@ -407,6 +407,8 @@ class Orchestrator:
             decision = refusals[request.run_id] or decision
             if isinstance(decision, contracts.RunAccepted):
                 accepted[request.run_id] = request
+        if isinstance(decision, contracts.RunCancelled):
+            decision = msgspec.structs.replace(decision, pending=decision.run_id in state.queue)
         request = accepted.get(decision.run_id) if isinstance(decision, contracts.RunStarted) else None
         if request is not None and len(contracts.encode(request)) <= contracts.INLINE_REQUEST_MAX_BYTES:
             decision = msgspec.structs.replace(decision, request=request)
