@@ -12,7 +12,7 @@ from nats.js.kv import KeyValue
 
 import contracts
 from contracts import subjects
-from services.orchestrator.acks import ACK_EVERY_S
+from services.orchestrator import service as orchestrator_service
 from services.orchestrator.service import Orchestrator
 from tests.support import database_for
 from threadbus import broker
@@ -158,6 +158,8 @@ async def test_a_partitions_ack_floor_waits_for_a_thread_whose_handling_failed(n
         return await handle(self, thread_id, msgs)
 
     monkeypatch.setattr(Orchestrator, "_handle_thread", flaky)
+    ack_every_s = 0.5
+    monkeypatch.setattr(orchestrator_service, "ACK_EVERY_S", ack_every_s)
     settings = Settings()
     settings.database_url = database_for(quiet_nats)
     js = nc.jetstream()
@@ -172,7 +174,7 @@ async def test_a_partitions_ack_floor_waits_for_a_thread_whose_handling_failed(n
             contracts.RunRequested(thread_id=fine, run_id=str(uuid.uuid4()), assistant_id="a", graph_id="g", admitted=True)
         )
         assert isinstance(await _decision(log, fine), contracts.RunStarted)
-        await asyncio.sleep(2.5 * ACK_EVERY_S)  # acks due meanwhile
+        await asyncio.sleep(2.5 * ack_every_s)  # acks due meanwhile
         info = await js.consumer_info(subjects.THREAD_STREAM, consumer)
         assert 0 < info.ack_floor.stream_seq < requested, (info.ack_floor, requested)
 
