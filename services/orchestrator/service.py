@@ -16,8 +16,9 @@ control events (a request's ``RunAccepted``, then the ``RunStarted`` of an idle 
 against the accept's sequence): if anything was appended since the state was folded, the decision
 is refused, the state catches up from the log and the next decision is made again. A second
 orchestrator, or one that resumes after a pause, cannot append a decision based on a stale state
-(invariant 1). Not one atomic batch: on file storage the broker syncs every batch to disk (4-7 ms
-measured, against 0.3 ms for an append), the largest cost a run had.
+(invariant 1). Not one atomic batch: nats-server stages every atomic batch of a file-backed stream
+in a file store of its own (4-7 ms measured, against 0.3 ms for an append), the largest cost a
+run had.
 """
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ class Threads:
         """Record which graph the thread runs, as LangGraph Platform does in thread metadata
         (``current``: the record and revision just read), in the record and in the log, so that
         the read model (and any replay) knows it too. Not one atomic batch with the run's request:
-        on file storage the broker syncs a batch to disk, several milliseconds."""
+        the broker stages an atomic batch of a file-backed stream on disk, several milliseconds."""
         if runrequest.with_graph(current[0], assistant, "") is None:
             return  # the common case: nothing to write
         changed = False
