@@ -47,18 +47,8 @@ async def test_a_run_whose_executor_is_killed_finishes_on_another(tmp_path):
                 await asyncio.sleep(0.05)
         victim.kill()
 
-        async with asyncio.timeout(60):
-            await client.runs.join(tid, run["run_id"])
-        assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
-        assert await wait_logged([survivor], "run executing", run_id=run["run_id"]) is survivor
+        await _ended_once_by(survivor, cluster, client, tid, run["run_id"])
         assert contents((await client.threads.get_state(tid))["values"]) == ["hello", "thinking about: hello", "answer to: hello"]
-        nc = await nats.connect(cluster.nats.url)
-        try:
-            assert await terminal_events(nc, tid, run["run_id"]) == ["RunSucceeded"]
-            report = await verify.verify(nc, [tid])
-            assert report.ok, report.format()
-        finally:
-            await nc.close()
     finally:
         await asyncio.to_thread(cluster.stop)
 
@@ -78,19 +68,9 @@ async def test_a_one_node_run_whose_executor_is_killed_is_done_again_from_its_in
         await asyncio.sleep(0.5)  # inside the node, past the interrupt it resumed
         victim.kill()
 
-        async with asyncio.timeout(60):
-            await client.runs.join(tid, run["run_id"])
-        assert (await client.runs.get(tid, run["run_id"]))["status"] == "success"
-        assert await wait_logged([survivor], "run executing", run_id=run["run_id"]) is survivor
+        await _ended_once_by(survivor, cluster, client, tid, run["run_id"])
         assert contents((await client.threads.get_state(tid))["values"]) == ["go", "approved: yes"]
         assert len(await client.threads.get_history(tid)) == 2  # the pause, then the end
-        nc = await nats.connect(cluster.nats.url)
-        try:
-            assert await terminal_events(nc, tid, run["run_id"]) == ["RunSucceeded"]
-            report = await verify.verify(nc, [tid])
-            assert report.ok, report.format()
-        finally:
-            await nc.close()
     finally:
         await asyncio.to_thread(cluster.stop)
 
@@ -253,5 +233,20 @@ async def test_a_runs_end_the_thread_stream_did_not_take_is_published_again_once
         await executor._end(stream, outcome, started)
         assert await terminal_events(nc, thread_id, run_id) == ["RunSucceeded"]
         assert stream.ends == [outcome, outcome]
+    finally:
+        await nc.close()
+
+
+async def _ended_once_by(survivor, cluster, client, tid: str, run_id: str) -> None:
+    """The run succeeded, executed again by ``survivor``, with one outcome in a log that verifies."""
+    async with asyncio.timeout(60):
+        await client.runs.join(tid, run_id)
+    assert (await client.runs.get(tid, run_id))["status"] == "success"
+    assert await wait_logged([survivor], "run executing", run_id=run_id) is survivor
+    nc = await nats.connect(cluster.nats.url)
+    try:
+        assert await terminal_events(nc, tid, run_id) == ["RunSucceeded"]
+        report = await verify.verify(nc, [tid])
+        assert report.ok, report.format()
     finally:
         await nc.close()
