@@ -122,11 +122,12 @@ async def test_a_request_its_publisher_admitted_is_decided_without_reading_the_r
 
 
 async def _decision(log: ThreadLog, thread_id: str) -> contracts.Event:
-    """The last event of the thread once the orchestrator has answered its request."""
+    """The last event of the thread once the orchestrator has answered its request: a refusal,
+    or on these idle threads the start appended after the accept."""
     async with asyncio.timeout(30):
         while True:
             last = await log.last(subjects.thread_control(thread_id))
-            if last is not None and not isinstance(event := last.event(), contracts.RunRequested):
+            if last is not None and not isinstance(event := last.event(), (contracts.RunRequested, contracts.RunAccepted)):
                 return event
             await asyncio.sleep(0.05)
 

@@ -45,10 +45,6 @@ from threadbus.threadlog import Entry
 log = logs.get("threadbus.projector")
 
 _BATCH = 512
-# How long a batch waits for more events after its first: a run's events arrive over a few
-# milliseconds, and each transaction costs the same handful of statements however many events it
-# applies. Reads do not wait for it (they fold the log after the position); searches wait at most this.
-_LINGER_S = 0.01
 _serde = JsonPlusSerializer()
 
 
@@ -88,18 +84,8 @@ class Projector:
                     return
                 await asyncio.sleep(0.5)
                 continue
-            deadline = asyncio.get_running_loop().time() + _LINGER_S
-            while len(msgs) < _BATCH:
-                if sub.pending_msgs:
-                    msgs.append(await sub.next_msg())
-                    continue
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    msgs.append(await sub.next_msg(timeout=remaining))
-                except (TimeoutError, nats.errors.TimeoutError, *broker.UNREACHABLE):
-                    break  # what arrived is applied; a connection gone shows at the next wait
+            while len(msgs) < _BATCH and sub.pending_msgs:
+                msgs.append(await sub.next_msg())
             entries = [_entry(m) for m in msgs]
             await self._retrying(functools.partial(self.apply, entries))
 
