@@ -140,6 +140,23 @@ def thread_stream_config(settings: Settings) -> StreamConfig:
     )
 
 
+# Long enough for a reconnect to resend what was buffered and for the broker to acknowledge it.
+PUBLISH_ACK_TIMEOUT_S = 10.0
+
+
+async def acknowledged(pending: list[asyncio.Future]) -> None:
+    """Waits for the acknowledgements of ``publish_async`` publishes, at most
+    PUBLISH_ACK_TIMEOUT_S: nats-py's publish futures never time out, and one the broker lost in a
+    crash (published, never acknowledged) would hold its waiter forever. Past the bound:
+    ``nats.errors.TimeoutError``, as for any publish the broker did not answer."""
+    if not pending:
+        return
+    try:
+        await asyncio.wait_for(asyncio.gather(*pending), PUBLISH_ACK_TIMEOUT_S)
+    except TimeoutError:
+        raise nats.errors.TimeoutError from None
+
+
 async def ensure_stream(js, config: StreamConfig) -> None:
     try:
         await js.add_stream(config)

@@ -23,14 +23,12 @@ import time
 from typing import Any
 
 import msgspec
-import nats.errors
 
 import contracts
 from contracts import subjects
+from threadbus import broker
 from threadbus.jsonable import dumps
 
-# Long enough for a reconnect to resend what was buffered and for the broker to acknowledge it.
-FLUSH_TIMEOUT_S = 10.0
 CANCELLED = "Run cancelled"
 _PRUNE_AT = 1024
 # How long an event may wait for the ones after it; far below what a reader notices.
@@ -118,12 +116,7 @@ class ThreadEventWriter:
             failure, self.failure = self.failure, None
             raise failure
         pending, self.pending = self.pending, []
-        if not pending:
-            return
-        try:
-            await asyncio.wait_for(asyncio.gather(*pending), FLUSH_TIMEOUT_S)
-        except TimeoutError:
-            raise nats.errors.TimeoutError from None
+        await broker.acknowledged(pending)
 
 
 async def publish_cancelled(js, thread_id: str, run_id: str) -> None:

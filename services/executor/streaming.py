@@ -16,11 +16,11 @@ import asyncio
 from typing import Any
 
 import msgspec
-import nats.errors
 from langchain_core.messages import BaseMessageChunk
 
 import contracts
 from contracts import subjects
+from threadbus import broker
 from threadbus.jsonable import dumps
 
 # The SSE stream modes and the LangGraph stream mode that produces each.
@@ -40,8 +40,6 @@ EVENTS = "events"
 # The key of a pause in LangGraph's stream chunks, as the SDK shows it too (LangGraph keeps its
 # constant private).
 INTERRUPT = "__interrupt__"
-# Long enough for a reconnect to resend what was buffered and for the broker to acknowledge it.
-FLUSH_TIMEOUT_S = 10.0
 
 
 class RunStreamWriter:
@@ -113,9 +111,4 @@ class RunStreamWriter:
 
     async def flush(self) -> None:
         pending, self.pending = self.pending, []
-        if not pending:
-            return
-        try:
-            await asyncio.wait_for(asyncio.gather(*pending), FLUSH_TIMEOUT_S)
-        except TimeoutError:
-            raise nats.errors.TimeoutError from None
+        await broker.acknowledged(pending)
