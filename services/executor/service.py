@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import orjson
 import structlog
 from langgraph.constants import START
 from langgraph.errors import InvalidUpdateError
@@ -36,7 +37,7 @@ from services.executor.streaming import RunStreamWriter
 from threadbus import broker, logs, metrics, state_values
 from threadbus.checkpointer import JetStreamSaver, RunGuard, RunSaver, RunSuperseded
 from threadbus.graphs import GraphRegistry
-from threadbus.jsonable import dumps, jsonable
+from threadbus.jsonable import jsonable
 from threadbus.read_model.database import Database
 from threadbus.settings import Settings
 from threadbus.store import open_store
@@ -431,8 +432,9 @@ async def _small_values(graph, saver: RunSaver) -> Any:
     """The run's final values when they are small enough to go into its outcome, else None."""
     if saver.current_checkpoint is None:
         return None
-    values = await state_values.of_checkpoint(graph, saver.current_checkpoint, saver, saver.guard.thread_id)
-    return values if len(dumps(values)) <= contracts.INLINE_VALUES_MAX_BYTES else None
+    # Encoded once: a large state is measured, not decoded again to be dropped.
+    encoded = await state_values.as_json(graph, saver.current_checkpoint, saver, saver.guard.thread_id)
+    return orjson.loads(encoded) if len(encoded) <= contracts.INLINE_VALUES_MAX_BYTES else None
 
 
 def _backoff(msg) -> float:
