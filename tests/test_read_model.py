@@ -17,6 +17,7 @@ import pytest
 from psycopg.rows import dict_row
 from langgraph_sdk import get_client
 
+from contracts import subjects
 from tests.support import TEST_GRAPHS, ThreadbusProcess, assert_verified
 from threadbus.embedded import EmbeddedNats, EmbeddedPostgres
 from threadbus.read_model.database import Database
@@ -126,6 +127,34 @@ async def test_the_projection_rebuilt_from_an_empty_database_equals_the_live_one
     live, rebuilt = table_rows(database.url, threads), table_rows(fresh, threads)
     assert rebuilt == live
     assert live["runs"] and live["checkpoints"] and len(live["threads"]) == len(threads) - 1
+
+
+async def test_a_projector_that_another_one_overtook_applies_nothing_stale(stack):
+    """Two projectors on one database, as during a hand-over: the one left behind holds rows and
+    a position that are no longer true, notices, and neither moves the position back nor writes
+    rows computed from its old ones."""
+    broker, database, proc = stack
+    threads = await a_history_of_everything(get_client(url=proc.url))
+    nc = await nats.connect(broker.url)
+    db = Database(empty_database(database.url))
+    await db.open()
+    try:
+        log = ThreadLog(nc)
+        entries = sorted([*await log.read(subjects.all_control()), *await log.read(subjects.checkpoints(None))], key=lambda e: e.seq)
+        behind, ahead = Projector(nc, db), Projector(nc, db)
+        half, five_eighths, three_quarters = (len(entries) * k // 8 for k in (4, 5, 6))
+        await behind.apply(entries[:half])
+        await ahead.apply(entries[:three_quarters])
+        # A late batch of events the other projector has applied already.
+        assert await behind.apply(entries[half:five_eighths]) == entries[three_quarters - 1].seq
+        assert await behind.apply(entries[five_eighths:]) == entries[-1].seq
+        await behind.close()
+        await ahead.close()
+        await Reads(db, log, catch_up_timeout_s=60).caught_up()
+        assert table_rows(db.url, threads) == table_rows(database.url, threads)
+    finally:
+        await db.close()
+        await nc.close()
 
 
 async def test_a_client_reads_its_own_writes(stack):

@@ -89,9 +89,25 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with self.translated_errors(), self.pool.connection() as conn:
+            yield conn
+
+    async def connect(self) -> psycopg.AsyncConnection:
+        """A connection outside the pool, configured as the pool's are, for a caller that keeps
+        it (and closes it)."""
+        async with self.translated_errors():
+            return await psycopg.AsyncConnection.connect(
+                self.url, row_factory=dict_row, autocommit=True, connect_timeout=max(1, round(self.timeout))
+            )
+
+    @contextlib.asynccontextmanager
+    async def translated_errors(self) -> AsyncIterator[None]:
+        """psycopg's errors for "the database is away" and "PostgreSQL cannot store this value"
+        as this module's."""
         try:
-            async with self.pool.connection() as conn:
-                yield conn
+            yield
+        except psycopg.errors.SerializationFailure:
+            raise  # a conflict between transactions, which the caller resolves (and an OperationalError)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as err:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -2,9 +2,12 @@
 
 It reads every thread's control events and checkpoint records in log order from the position
 stored in ``projection_positions``, and applies each batch in one transaction that also moves the
-position, so a batch is applied entirely or not at all, and never twice (the position is read
-under a row lock, and events at or below it are skipped: two projectors, say during a hand-over
-between orchestrators, serialise on that row and agree).
+position, so a batch is applied entirely or not at all, and never twice. The transaction starts by
+moving the position from where this projector last left it (``advance_projection``): when another
+projector moved it meanwhile (two of them during a hand-over between orchestrators), the batch
+fails as a whole, and the projector reads the position and the rows again before it retries. So
+while it is alone, which is nearly always, it keeps the rows of the threads it projects and reads
+only those of threads it has not seen, and a batch costs one query: its statements sent together.
 
 One projector for the whole log, not one per partition: its position is then one number, which
 tells any reader exactly which events the read model holds (:mod:`threadbus.read_model.reads`).
@@ -24,11 +27,14 @@ last event it received.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import functools
 
 import msgspec
 import nats.errors
 import nats.js.errors
+import psycopg
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -58,20 +64,27 @@ def projected_subjects() -> list[str]:
 
 
 class Projector:
-    def __init__(self, nc: NATS, db: Database):
+    def __init__(self, nc: NATS, db: Database, *, cached_threads: int = 1024):
         self.nc = nc
         self.js = nc.jetstream()
         self.db = db
+        self._conn: psycopg.AsyncConnection | None = None
+        # Where the stored position was when this projector last read or moved it (None: unknown),
+        # and the thread rows as they were then: while no other projector moves the position,
+        # the rows need not be read again.
+        self.position: int | None = None
+        self.threads = ThreadCache(cached_threads)
 
     async def run(self) -> None:
         """Projects until cancelled (or until the connection is closed)."""
-        position = await self._retrying(self._position)
-        log.info("projecting the thread log", position=position)
-        sub = await self._subscribe(position)
+        self.position = await self._retrying(self._position)
+        log.info("projecting the thread log", position=self.position)
+        sub = await self._subscribe(self.position)
         try:
             await self._consume(sub)
         finally:
             await broker.end_ordered(self.js, sub, subjects.THREAD_STREAM)
+            await self.close()
 
     async def _consume(self, sub) -> None:
         while True:
@@ -127,78 +140,145 @@ class Projector:
         position (None when there was nothing to apply)."""
         if not entries:
             return None
-        async with self.db.connection() as conn, conn.transaction():
-            await conn.execute(
-                "insert into projection_positions (projection, position) values (%s, 0) on conflict do nothing", (PROJECTION,)
-            )
-            stored = await (
-                await conn.execute("select position from projection_positions where projection = %s for update", (PROJECTION,))
-            ).fetchone()
-            fresh = [e for e in entries if e.seq > stored["position"]]
-            if not fresh:
-                return stored["position"]
-            threads = await rows.load_threads(conn, {subjects.thread_of(e.subject) for e in fresh})
-            touched: dict[str, projection.ThreadRow | None] = {}
-            newest_values: dict[str, projection.CheckpointIndexed] = {}
-            # Not in pipeline mode: a projector cancelled mid-batch (its partition handed over)
-            # must roll back and end at once, which psycopg's pipeline exit does not promise.
-            for entry in fresh:
-                try:
-                    event = entry.event()
-                except msgspec.DecodeError:
-                    log.warning("invalid event not projected", subject=entry.subject, seq=entry.seq)
-                    continue
-                tid = event.thread_id
-                row, changes = projection.project(threads.get(tid), event, entry.seq)
-                threads[tid] = touched[tid] = row
-                for change in changes:
-                    if isinstance(change, projection.ThreadRemoved):
-                        newest_values.pop(tid, None)
-                    elif isinstance(change, projection.CheckpointIndexed) and change.checkpoint_ns == "":
-                        newest_values[tid] = change
-                    await _write(conn, change)
-            for tid, row in touched.items():
-                if row is None:
-                    continue
-                if tid in newest_values:
-                    row.values = projection.state_values(_serde.loads_typed(_blob(newest_values[tid].checkpoint)))
-                await rows.save_thread(conn, row)
-            await conn.execute(
-                "update projection_positions set position = %s where projection = %s", (fresh[-1].seq, PROJECTION)
-            )
-            return fresh[-1].seq
+        while True:
+            try:
+                return await self._apply(entries)
+            except psycopg.errors.SerializationFailure:
+                # Another projector applied a batch since this one's last: what it holds is stale.
+                log.info("projection position moved by another projector; reading it again", expected=self.position)
+                self.position = None
+                self.threads.clear()
+
+    async def _apply(self, entries: list[Entry]) -> int:
+        async with self.db.translated_errors():
+            conn = await self._connection()
+            try:
+                if self.position is None:
+                    self.position = await self._position()
+                fresh = [e for e in entries if e.seq > self.position]
+                if not fresh:
+                    return self.position
+                statements, rows_after = await self._statements(conn, fresh)
+                # One query of many statements: PostgreSQL runs it as one transaction (the first
+                # statement failing fails them all), and it costs one round trip, not one a row.
+                cursor = psycopg.AsyncClientCursor(conn)
+                await cursor.execute("; ".join(cursor.mogrify(sql, params) for sql, params in statements))
+            except BaseException:
+                # Cancelled or failed mid-query, the connection's state is not known: a new one next time.
+                self._conn = None
+                await conn.close()
+                raise
+        self.position = fresh[-1].seq
+        for tid, row in rows_after.items():
+            self.threads.put(tid, row)
+        return self.position
+
+    async def _statements(self, conn, fresh: list[Entry]) -> tuple[list[rows.Statement], dict[str, projection.ThreadRow | None]]:
+        """What applying ``fresh`` writes, starting with the move of the position, and the thread
+        rows after it."""
+        wanted = {subjects.thread_of(e.subject) for e in fresh}
+        threads = {tid: self.threads.get(tid) for tid in wanted if tid in self.threads}
+        if missing := wanted - threads.keys():
+            threads.update(dict.fromkeys(missing))
+            threads.update(await rows.load_threads(conn, missing))
+        statements: list[rows.Statement] = [
+            ("select advance_projection(%s, %s, %s)", (PROJECTION, self.position, fresh[-1].seq))
+        ]
+        touched: dict[str, projection.ThreadRow | None] = {}
+        newest_values: dict[str, projection.CheckpointIndexed] = {}
+        for entry in fresh:
+            try:
+                event = entry.event()
+            except msgspec.DecodeError:
+                log.warning("invalid event not projected", subject=entry.subject, seq=entry.seq)
+                continue
+            tid = event.thread_id
+            row, changes = projection.project(threads.get(tid), event, entry.seq)
+            threads[tid] = touched[tid] = row
+            for change in changes:
+                if isinstance(change, projection.ThreadRemoved):
+                    newest_values.pop(tid, None)
+                elif isinstance(change, projection.CheckpointIndexed) and change.checkpoint_ns == "":
+                    newest_values[tid] = change
+                statements.extend(_writes(change))
+        for tid, row in touched.items():
+            if row is None:
+                continue
+            if tid in newest_values:
+                row.values = projection.state_values(_serde.loads_typed(_blob(newest_values[tid].checkpoint)))
+            statements.append(rows.thread_upsert(row, values_changed=tid in newest_values))
+        return statements, threads
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        """The projector's own connection, outside the pool: it is used back to back, and the
+        pool's check of a connection before lending it would be a round trip per batch."""
+        if self._conn is None or self._conn.closed:
+            self._conn = await self.db.connect()
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
 
-async def _write(conn, change: projection.Change) -> None:
+class ThreadCache:
+    """Thread rows as of the projector's position, the newest used kept, without their values (a
+    thread's whole state, which a projection never reads: it replaces them from a checkpoint)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.rows: collections.OrderedDict[str, projection.ThreadRow | None] = collections.OrderedDict()
+
+    def __contains__(self, thread_id: str) -> bool:
+        return thread_id in self.rows
+
+    def get(self, thread_id: str) -> projection.ThreadRow | None:
+        self.rows.move_to_end(thread_id)
+        row = self.rows[thread_id]
+        return dataclasses.replace(row) if row is not None else None
+
+    def put(self, thread_id: str, row: projection.ThreadRow | None) -> None:
+        self.rows[thread_id] = dataclasses.replace(row, values=None) if row is not None else None
+        self.rows.move_to_end(thread_id)
+        while len(self.rows) > self.size:
+            self.rows.popitem(last=False)
+
+    def clear(self) -> None:
+        self.rows.clear()
+
+
+def _writes(change: projection.Change) -> list[rows.Statement]:
     match change:
         case projection.RunAdded(run=run):
-            await rows.insert_run(conn, run)
+            return [rows.run_upsert(run)]
         case projection.RunChanged(run_id=run_id, status=status, updated_at=at):
-            await conn.execute(
-                "update runs set status = coalesce(%s, status), updated_at = %s where run_id = %s", (status, at, run_id)
-            )
+            return [("update runs set status = coalesce(%s, status), updated_at = %s where run_id = %s", (status, at, run_id))]
         case projection.RunRemoved(run_id=run_id, with_checkpoints=with_checkpoints):
-            await conn.execute("delete from runs where run_id = %s", (run_id,))
+            removed = [("delete from runs where run_id = %s", (run_id,))]
             if with_checkpoints:
-                await conn.execute("delete from checkpoints where run_id = %s", (run_id,))
+                removed.append(("delete from checkpoints where run_id = %s", (run_id,)))
+            return removed
         case projection.CheckpointIndexed():
             metadata = jsonable(_serde.loads_typed(_blob(change.metadata)))
-            await conn.execute(
-                "insert into checkpoints (thread_id, checkpoint_ns, checkpoint_id, run_id, parent_checkpoint_id, metadata, seq)"
-                " values (%s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+            return [
                 (
-                    change.thread_id,
-                    change.checkpoint_ns,
-                    change.checkpoint_id,
-                    change.run_id,
-                    change.parent_checkpoint_id,
-                    Jsonb(metadata),
-                    change.seq,
-                ),
-            )
+                    "insert into checkpoints (thread_id, checkpoint_ns, checkpoint_id, run_id, parent_checkpoint_id, metadata, seq)"
+                    " values (%s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+                    (
+                        change.thread_id,
+                        change.checkpoint_ns,
+                        change.checkpoint_id,
+                        change.run_id,
+                        change.parent_checkpoint_id,
+                        Jsonb(metadata),
+                        change.seq,
+                    ),
+                )
+            ]
         case projection.ThreadRemoved(thread_id=tid):
-            for table in ("threads", "runs", "checkpoints"):
-                await conn.execute(f"delete from {table} where thread_id = %s", (tid,))
+            return [(f"delete from {table} where thread_id = %s", (tid,)) for table in ("threads", "runs", "checkpoints")]
+    return []
 
 
 def _blob(blob: contracts.TypedBlob) -> tuple[str, bytes]:

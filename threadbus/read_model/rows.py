@@ -40,31 +40,37 @@ async def load_threads(conn, thread_ids: set[str]) -> dict[str, ThreadRow]:
     return {r["thread_id"]: thread_from(r) for r in await cur.fetchall()}
 
 
-async def save_thread(conn, row: ThreadRow) -> None:
-    await conn.execute(
-        f"insert into threads ({THREAD_COLUMNS}) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-        " on conflict (thread_id) do update set updated_at = excluded.updated_at,"
-        " state_updated_at = excluded.state_updated_at, metadata = excluded.metadata, status = excluded.status,"
-        " \"values\" = excluded.\"values\", interrupts = excluded.interrupts, error = excluded.error,"
-        " fold = excluded.fold, log_seq = excluded.log_seq",
-        (
-            row.thread_id,
-            row.created_at,
-            row.updated_at,
-            row.state_updated_at,
-            Jsonb(row.metadata),
-            row.status,
-            Jsonb(row.values) if row.values is not None else None,
-            Jsonb(row.interrupts),
-            Jsonb(row.error) if row.error is not None else None,
-            Jsonb(fold_to_json(row.fold)),
-            row.log_seq,
-        ),
+Statement = tuple[str, tuple[Any, ...]]
+
+_THREAD_UPSERT = (
+    f"insert into threads ({THREAD_COLUMNS}) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " on conflict (thread_id) do update set updated_at = excluded.updated_at,"
+    " state_updated_at = excluded.state_updated_at, metadata = excluded.metadata, status = excluded.status,"
+    " interrupts = excluded.interrupts, error = excluded.error, fold = excluded.fold, log_seq = excluded.log_seq"
+)
+
+
+def thread_upsert(row: ThreadRow, *, values_changed: bool) -> Statement:
+    """The statement that stores ``row``. Its values, the thread's whole state, are written only
+    when they changed (or the row is new): most events change a thread's status, not its state."""
+    sql = _THREAD_UPSERT + (', "values" = excluded."values"' if values_changed else "")
+    return sql, (
+        row.thread_id,
+        row.created_at,
+        row.updated_at,
+        row.state_updated_at,
+        Jsonb(row.metadata),
+        row.status,
+        Jsonb(row.values) if row.values is not None else None,
+        Jsonb(row.interrupts),
+        Jsonb(row.error) if row.error is not None else None,
+        Jsonb(fold_to_json(row.fold)),
+        row.log_seq,
     )
 
 
-async def insert_run(conn, run: RunRow) -> None:
-    await conn.execute(
+def run_upsert(run: RunRow) -> Statement:
+    return (
         f"insert into runs ({RUN_COLUMNS}) values (%s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict (run_id) do update set"
         " status = excluded.status, updated_at = excluded.updated_at",
         (
