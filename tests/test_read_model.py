@@ -14,8 +14,8 @@ import httpx
 import nats
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 from langgraph_sdk import get_client
+from psycopg.rows import dict_row
 
 from contracts import subjects
 from tests.support import TEST_GRAPHS, ThreadbusProcess, assert_verified

@@ -263,8 +263,10 @@ def _writes(change: projection.Change) -> list[rows.Statement]:
             metadata = jsonable(_serde.loads_typed(_blob(change.metadata)))
             return [
                 (
-                    "insert into checkpoints (thread_id, checkpoint_ns, checkpoint_id, run_id, parent_checkpoint_id, metadata, seq)"
-                    " values (%s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+                    (
+                        "insert into checkpoints (thread_id, checkpoint_ns, checkpoint_id, run_id, parent_checkpoint_id,"
+                        " metadata, seq) values (%s, %s, %s, %s, %s, %s, %s) on conflict do nothing"
+                    ),
                     (
                         change.thread_id,
                         change.checkpoint_ns,

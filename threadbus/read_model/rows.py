@@ -7,7 +7,12 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from threadbus.read_model.projection import RunRow, ThreadRow, fold_from_json, fold_to_json
+from threadbus.read_model.projection import (
+    RunRow,
+    ThreadRow,
+    fold_from_json,
+    fold_to_json,
+)
 
 THREAD_COLUMNS = (
     "thread_id, created_at, updated_at, state_updated_at, metadata, status, \"values\", interrupts, error, fold, log_seq"
@@ -71,8 +76,10 @@ def thread_upsert(row: ThreadRow, *, values_changed: bool) -> Statement:
 
 def run_upsert(run: RunRow) -> Statement:
     return (
-        f"insert into runs ({RUN_COLUMNS}) values (%s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict (run_id) do update set"
-        " status = excluded.status, updated_at = excluded.updated_at",
+        (
+            f"insert into runs ({RUN_COLUMNS}) values (%s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict (run_id) do update"
+            " set status = excluded.status, updated_at = excluded.updated_at"
+        ),
         (
             run.run_id,
             run.thread_id,
