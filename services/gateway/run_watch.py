@@ -60,28 +60,46 @@ class RunWatch:
             queue.put_nowait(entry)
 
     @asynccontextmanager
-    async def events(self, thread_id: str, run_id: str, *, fresh: bool = False) -> AsyncIterator[AsyncIterator[contracts.Event]]:
+    async def events(self, thread_id: str, run_id: str, *, fresh: bool = False) -> AsyncIterator[RunEvents]:
         """The run's decisions and outcome, from its first: those stored so far, then those to
         come. ``fresh``: the run's request is not appended yet, so nothing is stored to read."""
         queue: asyncio.Queue[Entry] = asyncio.Queue()
         self.waiting[run_id].add(queue)
         try:
-            stored = [] if fresh else await self.log.read(subjects.run_control(thread_id, run_id))
-
-            async def events() -> AsyncIterator[contracts.Event]:
-                seen = 0
-                for entry in stored:
-                    seen = entry.seq
-                    yield entry.event()
-                while True:
-                    entry = await queue.get()
-                    if entry.seq > seen:
-                        seen = entry.seq
-                        yield entry.event()
-
-            yield events()
+            yield RunEvents([] if fresh else await self.log.read(subjects.run_control(thread_id, run_id)), queue)
         finally:
             queues = self.waiting[run_id]
             queues.discard(queue)
             if not queues:
                 del self.waiting[run_id]
+
+
+class RunEvents:
+    """One run's control events as an async iterator: ``stored``, those in the log when the
+    request registered, then those the watch delivers after them."""
+
+    def __init__(self, stored: list[Entry], queue: asyncio.Queue[Entry]):
+        self.stored = stored
+        self._events = self._iterate(queue)
+
+    def __aiter__(self) -> RunEvents:
+        return self
+
+    def __anext__(self):
+        return self._events.__anext__()
+
+    @property
+    def ended(self) -> bool:
+        """Closed, as a cancelled wait for the next event closes it."""
+        return self._events.ag_frame is None
+
+    async def _iterate(self, queue: asyncio.Queue[Entry]) -> AsyncIterator[contracts.Event]:
+        seen = 0
+        for entry in self.stored:
+            seen = entry.seq
+            yield entry.event()
+        while True:
+            entry = await queue.get()
+            if entry.seq > seen:
+                seen = entry.seq
+                yield entry.event()

@@ -41,7 +41,7 @@ async def _wait(request: Request, thread_id: str, body: RunCreate, *, temporary:
     outcome = None
     async with b.runs.events(thread_id, run_request.run_id, fresh=True) as events:
         run = await b.runs.submit(run_request, events)
-        if events.ag_frame is not None:  # not ended by the decision timeout
+        if not events.ended:  # by the decision timeout
             outcome = await views.outcome(events)
     if outcome is None:
         # No decision came in time, and the timeout ended that reader: follow the run afresh.
@@ -127,8 +127,9 @@ async def get(thread_id: str, run_id: str, request: Request):
 @router.get("/threads/{thread_id}/runs/{run_id}/join")
 async def join(thread_id: str, run_id: str, request: Request):
     b = backend(request)
-    run = await b.runs.find(thread_id, run_id)
+    await b.runs.visible(thread_id, run_id)
     async with b.runs.events(thread_id, run_id) as events:
+        run = await b.runs.existing(thread_id, run_id, events.stored)
         outcome = await views.outcome(events)
     return JSONResponse(await b.runs.result_values(thread_id, outcome), headers=_location(run, join=True))
 

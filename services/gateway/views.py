@@ -16,7 +16,7 @@ from contracts import subjects
 from threadbus.thread_state import ThreadState, evolve
 from threadbus.jsonable import jsonable
 from threadbus.read_model import projection, rows
-from threadbus.threadlog import ThreadLog
+from threadbus.threadlog import Entry, ThreadLog
 
 
 @dataclass
@@ -34,8 +34,15 @@ async def run_view(
     depends on its own events only. ``seen`` is an event of the run the caller was delivered, folded
     in when a lagging replica's read does not include it yet. None when the run is not in the log,
     or is being rolled back."""
+    return run_of(thread_id, run_id, await log.read(subjects.run_control(thread_id, run_id), after=after), seen=seen)
+
+
+def run_of(
+    thread_id: str, run_id: str, entries: list[Entry], *, seen: tuple[int, contracts.Event] | None = None
+) -> tuple[RunRecord, str] | None:
+    """:func:`run_view` of control events the caller has read."""
     events = []
-    for entry in await log.read(subjects.run_control(thread_id, run_id), after=after):
+    for entry in entries:
         try:
             events.append((entry.seq, entry.event()))
         except msgspec.DecodeError:

@@ -23,7 +23,7 @@ from threadbus import logs, runrequest
 from threadbus.read_model import projection, rows
 from threadbus.read_model.reads import Reads
 from threadbus.settings import Settings
-from threadbus.threadlog import ThreadLog
+from threadbus.threadlog import Entry, ThreadLog
 
 log = logs.get("threadbus.gateway")
 
@@ -148,8 +148,19 @@ class Runs:
         log.info("run cancel requested", thread_id=thread_id, run_id=run_id, action=action)
 
     async def find(self, thread_id: str, run_id: str) -> dict[str, Any]:
+        await self.visible(thread_id, run_id)
+        return await self.existing(thread_id, run_id)
+
+    async def visible(self, thread_id: str, run_id: str) -> None:
+        """404 unless the caller may see the thread; 422 for a run id that is not one."""
         await self.threads.record(thread_id)
         records.check_uuid(run_id, "run")
+
+    async def existing(self, thread_id: str, run_id: str, stored: list[Entry] | None = None) -> dict[str, Any]:
+        """The run (once :meth:`visible`), 404 when it is none: from its control events when the
+        caller has read them, else from the read model."""
+        if stored and (found := views.run_of(thread_id, run_id, stored)) is not None:
+            return views.run_object(*found)
         run = await self.reads.run(thread_id, run_id)
         if run is None and await self.log.last(subjects.run_event(thread_id, run_id, "RunRequested")) is not None:
             # Requested by another service and not decided yet: it is a run once accepted.
