@@ -121,6 +121,39 @@ async def test_a_request_its_publisher_admitted_is_decided_without_reading_the_r
             await orchestrator
 
 
+async def test_a_queued_runs_start_carries_its_request_as_an_idle_threads_does(nc, quiet_nats):
+    # The executor reads a run's request only when its RunStarted does not carry it: the second
+    # run waits in the queue while the first runs, and its start comes after the first's end.
+    settings = Settings()
+    settings.database_url = database_for(quiet_nats)
+    log = ThreadLog(nc)
+    tid, first, second = (str(uuid.uuid4()) for _ in range(3))
+    stop = asyncio.Event()
+    orchestrator = asyncio.create_task(Orchestrator(nc, settings).run(stop))
+    try:
+        requests = [
+            contracts.RunRequested(
+                thread_id=tid, run_id=rid, assistant_id="a", graph_id="g", admitted=True, multitask_strategy="enqueue"
+            )
+            for rid in (first, second)
+        ]
+        await log.append_event(requests[0])
+        assert (started := await _decision(log, tid)).request == requests[0]
+        await log.append_event(requests[1])
+        async with asyncio.timeout(30):
+            while not await log.last(subjects.run_event(tid, second, "RunAccepted")):
+                await asyncio.sleep(0.05)
+        await log.append_event(contracts.RunSucceeded(thread_id=tid, run_id=first))
+        async with asyncio.timeout(30):
+            while (entry := await log.last(subjects.run_event(tid, second, "RunStarted"))) is None:
+                await asyncio.sleep(0.05)
+        assert entry.event().request == requests[1] and started.run_id == first
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await orchestrator
+
+
 async def _decision(log: ThreadLog, thread_id: str) -> contracts.Event:
     """The last event of the thread once the orchestrator has answered its request: a refusal,
     or on these idle threads the start appended after the accept."""

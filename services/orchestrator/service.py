@@ -53,6 +53,8 @@ log = logs.get("threadbus.orchestrator")
 
 _CACHE_SIZE = 50_000
 _MAX_BATCH = 512
+# Bounds the accepted requests kept for their starts (at most 8 KiB each: INLINE_REQUEST_MAX_BYTES).
+_ACCEPTED_REQUESTS_KEPT = 2_048
 _RETRY_DELAY_S = 0.5
 _STALL_CHECK_S = 3.0
 PROJECTING_PARTITION = 0
@@ -66,6 +68,9 @@ class Orchestrator:
         self.log = ThreadLog(nc)
         self.admission = Admission(nc.jetstream())
         self.states: OrderedDict[str, ThreadState] = OrderedDict()
+        # Requests this orchestrator accepted, until their runs start (those that never start,
+        # cancelled or rolled back while queued, are dropped oldest first beyond a bound).
+        self.accepted_requests: OrderedDict[str, contracts.RunRequested] = OrderedDict()
         # thread -> events delivered since its last snapshot, for the threads in ``states``
         self.unsaved: dict[str, int] = {}
         self.snapshots = Snapshots(nc.jetstream())
@@ -394,11 +399,9 @@ class Orchestrator:
         entries = await self.log.read(subjects.thread_control(state.thread_id), after=state.seq, through=through)
         return fold(state, _decoded(entries))
 
-    async def _decision(
-        self, state: ThreadState, refusals: dict[str, contracts.RunRejected | None], accepted: dict[str, contracts.RunRequested]
-    ) -> contracts.Event | None:
-        """The next decision the state calls for, if any. ``accepted``: the requests accepted
-        while settling, whose start then carries the request (the executor need not read it)."""
+    async def _decision(self, state: ThreadState, refusals: dict[str, contracts.RunRejected | None]) -> contracts.Event | None:
+        """The next decision the state calls for, if any. The start of a run this orchestrator
+        accepted carries the run's request, so that the executor need not read it."""
         decision = next_decision(state, self.settings.paused_thread_input)
         if decision is not None and (request := _answered_request(state)) is not None:
             # Checked before any decision it causes: a request naming nothing that exists must
@@ -406,20 +409,20 @@ class Orchestrator:
             if request.run_id not in refusals:
                 refusals[request.run_id] = await self.admission.refusal(request)
             decision = refusals[request.run_id] or decision
-            if isinstance(decision, contracts.RunAccepted):
-                accepted[request.run_id] = request
+            if isinstance(decision, contracts.RunAccepted) and len(contracts.encode(request)) <= contracts.INLINE_REQUEST_MAX_BYTES:
+                self.accepted_requests[request.run_id] = request
+                while len(self.accepted_requests) > _ACCEPTED_REQUESTS_KEPT:
+                    self.accepted_requests.popitem(last=False)
         if isinstance(decision, contracts.RunCancelled):
             decision = msgspec.structs.replace(decision, pending=decision.run_id in state.queue)
-        request = accepted.get(decision.run_id) if isinstance(decision, contracts.RunStarted) else None
-        if request is not None and len(contracts.encode(request)) <= contracts.INLINE_REQUEST_MAX_BYTES:
+        if isinstance(decision, contracts.RunStarted) and (request := self.accepted_requests.pop(decision.run_id, None)):
             decision = msgspec.structs.replace(decision, request=request)
         return decision
 
     async def _settle(self, state: ThreadState) -> ThreadState:
         conflicts = 0
         refusals: dict[str, contracts.RunRejected | None] = {}  # run id -> asked once per settling
-        accepted: dict[str, contracts.RunRequested] = {}
-        while (decision := await self._decision(state, refusals, accepted)) is not None:
+        while (decision := await self._decision(state, refusals)) is not None:
             try:
                 seq = await self.log.append_event(decision, expect=state.seq)
             except Conflict as conflict:
