@@ -59,8 +59,11 @@ class Threads:
             "metadata": records.owned(value["metadata"]),
         }
         if await records.put_new(self.kv, thread_id, record):
-            await self.log.append_event(contracts.ThreadCreated(thread_id=thread_id, metadata=record["metadata"]))
-            return await self.as_object(thread_id)
+            created = contracts.ThreadCreated(thread_id=thread_id, metadata=record["metadata"])
+            seq = await self.log.append_event(created)
+            # A new thread's log is this one event: the thread is what projecting it gives.
+            row, _ = projection.project(None, created, seq)
+            return rows.thread_object(row)
         if body.if_exists == "do_nothing":
             await self.record(thread_id)
             return await self.as_object(thread_id)
