@@ -79,6 +79,10 @@ class Settings(BaseSettings):
         default=6.0,
         description="An orchestrator that stops renewing its partitions' leases loses them after this long; another takes them over.",
     )
+    projector_batch_wait_s: float = Field(
+        default=0.02,
+        description="While events come one after another, the projector waits this long for more before it applies them, so that they cost one transaction instead of one each; reads of a thread stay exact, and a search waits at most this much longer (0: apply each event as it comes).",
+    )
     orchestrator_snapshot_every: int = Field(
         default=64,
         description="A thread's state is snapshotted after this many events, so a cold start folds a tail of at most about this many (one batched read).",

@@ -149,7 +149,7 @@ class Orchestrator:
         for partition in await leases.acquire(wanted):
             self.holding[partition] = asyncio.create_task(self._hold(partition, at_start), name=f"partition-{partition}")
             if partition == PROJECTING_PARTITION:
-                self.projecting[partition] = asyncio.create_task(Projector(self.nc, self.db).run(), name="projector")
+                self.projecting[partition] = asyncio.create_task(Projector(self.nc, self.db, batch_wait_s=self.settings.projector_batch_wait_s).run(), name="projector")
         for partition in leases.surplus(wanted):
             await self._stop_consuming(partition)
             await leases.release(partition)

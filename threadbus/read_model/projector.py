@@ -17,7 +17,8 @@ is what a busier deployment needs more of.
 The broker keeps nothing for it, and is asked nothing per event: the consumer is an ordered push
 consumer (ephemeral, in memory, without acknowledgements) created from the stored position, so an
 event costs its delivery alone, where a pull consumer's fetches cost a request and an end-of-batch
-answer for every few events. What has arrived is taken as one batch. Flow control is answered only
+answer for every few events. What has arrived is taken as one batch; while events keep coming,
+after a short wait (``projector_batch_wait_s``) that gathers more of them. Flow control is answered only
 once the projector has taken what preceded it, so when the database is away the batch is kept and
 tried again and the broker stops pushing soon after; a gap (a message lost on the way, a consumer
 lost with its server, seen as missing heartbeats) makes the client recreate the consumer after the
@@ -30,6 +31,7 @@ import asyncio
 import collections
 import dataclasses
 import functools
+import math
 
 import msgspec
 import nats.errors
@@ -64,8 +66,9 @@ def projected_subjects() -> list[str]:
 
 
 class Projector:
-    def __init__(self, nc: NATS, db: Database, *, cached_threads: int = 1024):
+    def __init__(self, nc: NATS, db: Database, *, batch_wait_s: float = 0.0, cached_threads: int = 1024):
         self.nc = nc
+        self.batch_wait_s = batch_wait_s
         self.js = nc.jetstream()
         self.db = db
         self._conn: psycopg.AsyncConnection | None = None
@@ -87,6 +90,8 @@ class Projector:
             await self.close()
 
     async def _consume(self, sub) -> None:
+        loop = asyncio.get_running_loop()
+        applied_at = -math.inf
         while True:
             try:
                 msgs = [await sub.next_msg(timeout=None)]
@@ -97,10 +102,16 @@ class Projector:
                     return
                 await asyncio.sleep(0.5)
                 continue
+            if loop.time() - applied_at < self.batch_wait_s:
+                # Events are coming one after another (a run's come within milliseconds of each
+                # other): the ones a short wait brings make one transaction with this one. An event
+                # after a quiet spell is applied at once.
+                await asyncio.sleep(self.batch_wait_s)
             while len(msgs) < _BATCH and sub.pending_msgs:
                 msgs.append(await sub.next_msg())
             entries = [_entry(m) for m in msgs]
             await self._retrying(functools.partial(self.apply, entries))
+            applied_at = loop.time()
 
     async def _subscribe(self, position: int):
         config = ConsumerConfig(
