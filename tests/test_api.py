@@ -83,6 +83,19 @@ async def test_run_create_join_get_list_state(client):
     assert len(history) == 1 and contents(history[0]["values"]) == ["hi", "echo: hi"]
 
 
+async def test_a_deleted_run_is_not_found_at_once_by_get_and_join(client):
+    # Its events stay in the log, marked deleted: neither answer may come from them.
+    tid = (await client.threads.create())["thread_id"]
+    run = await client.runs.create(tid, "echo", input=HUMAN)
+    await client.runs.join(tid, run["run_id"])
+    await client.runs.delete(tid, run["run_id"])
+    async with asyncio.timeout(5):  # not after waiting for a decision on it
+        for read in (client.runs.join, client.runs.get):
+            with pytest.raises(httpx.HTTPStatusError) as found:
+                await read(tid, run["run_id"])
+            assert found.value.response.status_code == 404
+
+
 async def test_wait_returns_final_values(client):
     thread = await client.threads.create()
     result = await client.runs.wait(thread["thread_id"], "two_step", input=said("why?"))

@@ -33,7 +33,7 @@ async def run_view(
     must include its ``RunRequested``), without reading the rest of the thread: a run's status
     depends on its own events only. ``seen`` is an event of the run the caller was delivered, folded
     in when a lagging replica's read does not include it yet. None when the run is not in the log,
-    or is being rolled back."""
+    is deleted, or is being rolled back."""
     return run_of(thread_id, run_id, await log.read(subjects.run_control(thread_id, run_id), after=after), seen=seen)
 
 
@@ -51,6 +51,8 @@ def run_of(
         events.append(seen)
     state, record = ThreadState(thread_id=thread_id), None
     for seq, event in events:
+        if isinstance(event, contracts.RunDeleted):  # the fold keeps no trace of a deletion
+            return None
         state = evolve(state, event, seq)
         if isinstance(event, contracts.RunRequested):
             record = RunRecord(requested=event, updated_at=event.at)

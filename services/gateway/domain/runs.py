@@ -161,13 +161,23 @@ class Runs:
         caller has read them, else from the read model."""
         if stored and (found := views.run_of(thread_id, run_id, stored)) is not None:
             return views.run_object(*found)
+        if any(e.subject.endswith("." + subjects.EVENT_TOKENS["RunDeleted"]) for e in stored or ()):
+            raise HTTPException(404, "Run not found")
         run = await self.reads.run(thread_id, run_id)
-        if run is None and await self.log.last(subjects.run_event(thread_id, run_id, "RunRequested")) is not None:
+        if run is None and await self._undecided(thread_id, run_id):
             # Requested by another service and not decided yet: it is a run once accepted.
             run = await self._decided(thread_id, run_id)
         if run is None:
             raise HTTPException(404, "Run not found")
         return rows.run_object(run)
+
+    async def _undecided(self, thread_id: str, run_id: str) -> bool:
+        """Requested, and neither deleted (its events stay, marked) nor gone."""
+        requested, deleted = await asyncio.gather(
+            self.log.last(subjects.run_event(thread_id, run_id, "RunRequested")),
+            self.log.last(subjects.run_event(thread_id, run_id, "RunDeleted")),
+        )
+        return requested is not None and deleted is None
 
     async def _decided(self, thread_id: str, run_id: str):
         deadline = asyncio.get_running_loop().time() + self.settings.decision_timeout_s
