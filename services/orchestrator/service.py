@@ -70,7 +70,7 @@ class Orchestrator:
         self.states: OrderedDict[str, ThreadState] = OrderedDict()
         # Requests this orchestrator accepted, until their runs start (those that never start,
         # cancelled or rolled back while queued, are dropped oldest first beyond a bound).
-        self.accepted_requests: OrderedDict[str, contracts.RunRequested] = OrderedDict()
+        self.accepted_requests: OrderedDict[tuple[str, str], contracts.RunRequested] = OrderedDict()
         # thread -> events delivered since its last snapshot, for the threads in ``states``
         self.unsaved: dict[str, int] = {}
         self.snapshots = Snapshots(nc.jetstream())
@@ -409,15 +409,24 @@ class Orchestrator:
             if request.run_id not in refusals:
                 refusals[request.run_id] = await self.admission.refusal(request)
             decision = refusals[request.run_id] or decision
-            if isinstance(decision, contracts.RunAccepted) and len(contracts.encode(request)) <= contracts.INLINE_REQUEST_MAX_BYTES:
-                self.accepted_requests[request.run_id] = request
-                while len(self.accepted_requests) > _ACCEPTED_REQUESTS_KEPT:
-                    self.accepted_requests.popitem(last=False)
+            if isinstance(decision, contracts.RunAccepted):
+                self._keep_request(request)
         if isinstance(decision, contracts.RunCancelled):
             decision = msgspec.structs.replace(decision, pending=decision.run_id in state.queue)
-        if isinstance(decision, contracts.RunStarted) and (request := self.accepted_requests.pop(decision.run_id, None)):
-            decision = msgspec.structs.replace(decision, request=request)
+        if isinstance(decision, contracts.RunStarted):
+            request = self.accepted_requests.get((decision.thread_id, decision.run_id))
+            if request is not None:
+                decision = msgspec.structs.replace(decision, request=request)
         return decision
+
+    def _keep_request(self, request: contracts.RunRequested) -> None:
+        key = (request.thread_id, request.run_id)
+        if len(contracts.encode(request)) > contracts.INLINE_REQUEST_MAX_BYTES:
+            self.accepted_requests.pop(key, None)  # not one an earlier request with this id left
+            return
+        self.accepted_requests[key] = request
+        while len(self.accepted_requests) > _ACCEPTED_REQUESTS_KEPT:
+            self.accepted_requests.popitem(last=False)
 
     async def _settle(self, state: ThreadState) -> ThreadState:
         conflicts = 0
@@ -438,6 +447,8 @@ class Orchestrator:
             never_started = isinstance(decision, contracts.RunCancelled) and decision.run_id in state.queue
             _count(state, decision)
             run_id = getattr(decision, "run_id", None)
+            if isinstance(decision, contracts.RunStarted):
+                self.accepted_requests.pop((state.thread_id, run_id), None)
             log.info("decided", decision=type(decision).__name__, run_id=run_id, seq=seq, **_details(decision))
             if self.replicated:
                 # A replicated stream checks the expectation against what it has applied, so an
