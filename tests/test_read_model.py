@@ -21,7 +21,7 @@ from contracts import subjects
 from tests.support import TEST_GRAPHS, ThreadbusProcess, assert_verified
 from threadbus.embedded import EmbeddedNats, EmbeddedPostgres
 from threadbus.read_model.database import Database
-from threadbus.read_model.projector import Projector
+from threadbus.read_model.projector import PositionRewound, Projector
 from threadbus.read_model.reads import Reads
 from threadbus.threadlog import ThreadLog
 
@@ -154,6 +154,50 @@ async def test_a_projector_that_another_one_overtook_applies_nothing_stale(stack
         assert table_rows(db.url, threads) == table_rows(database.url, threads)
     finally:
         await db.close()
+        await nc.close()
+
+
+async def test_a_projector_whose_database_lost_commits_projects_them_again(stack):
+    """The database comes back holding less than the projector applied (a restore, commits lost
+    with synchronous_commit off): the projector notices at its next batch instead of going on
+    past the hole, and what it applies again from the stored position gives the live tables."""
+    broker, database, proc = stack
+    threads = await a_history_of_everything(get_client(url=proc.url))
+    nc = await nats.connect(broker.url)
+    log = ThreadLog(nc)
+    entries = sorted([*await log.read(subjects.all_control()), *await log.read(subjects.checkpoints(None))], key=lambda e: e.seq)
+    half, three_quarters = len(entries) // 2, len(entries) * 3 // 4
+    ahead_url = empty_database(database.url)
+    ahead = Database(ahead_url)
+    await ahead.open()
+    behind = None
+    try:
+        projector = Projector(nc, ahead)
+        await projector.apply(entries[:half])
+        await projector.close()
+        await ahead.close()
+        with psycopg.connect(database.url, autocommit=True) as conn:  # the backup, taken at half
+            restored_name = "restored_" + uuid.uuid4().hex[:8]
+            conn.execute(f'create database "{restored_name}" template "{ahead_url.rsplit("/", 1)[1]}"')
+        ahead = Database(ahead_url)
+        await ahead.open()
+        projector.db = ahead
+        await projector.apply(entries[half:three_quarters])
+        await projector.close()
+        behind = Database(database.url.rsplit("/", 1)[0] + "/" + restored_name)
+        await behind.open()
+        projector.db = behind  # the same projector, its database restored from the backup
+        with pytest.raises(PositionRewound):
+            await projector.apply(entries[three_quarters:])
+        assert projector.position == entries[half - 1].seq
+        await projector.apply(entries[half:])
+        await projector.close()
+        await get_client(url=proc.url).threads.search(limit=1)  # the live projection caught up
+        assert table_rows(behind.url, threads) == table_rows(database.url, threads)
+    finally:
+        for db in (ahead, behind):
+            if db is not None:
+                await db.close()
         await nc.close()
 
 

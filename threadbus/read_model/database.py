@@ -96,8 +96,16 @@ class Database:
         """A connection outside the pool, configured as the pool's are, for a caller that keeps
         it (and closes it)."""
         async with self.translated_errors():
+            # Keepalives: a connection held for hours must notice a peer that vanished without a word.
             return await psycopg.AsyncConnection.connect(
-                self.url, row_factory=dict_row, autocommit=True, connect_timeout=max(1, round(self.timeout))
+                self.url,
+                row_factory=dict_row,
+                autocommit=True,
+                connect_timeout=max(1, round(self.timeout)),
+                keepalives=1,
+                keepalives_idle=30,
+                keepalives_interval=10,
+                keepalives_count=3,
             )
 
     @contextlib.asynccontextmanager
@@ -106,8 +114,6 @@ class Database:
         as this module's."""
         try:
             yield
-        except psycopg.errors.SerializationFailure:
-            raise  # a conflict between transactions, which the caller resolves (and an OperationalError)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as err:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -82,11 +82,21 @@ class Projector:
         """Projects until cancelled (or until the connection is closed)."""
         self.position = await self._retrying(self._position)
         log.info("projecting the thread log", position=self.position)
-        sub = await self._subscribe(self.position)
         try:
-            await self._consume(sub)
+            while True:
+                sub = await self._subscribe(self.position)
+                try:
+                    await self._consume(sub)
+                    return
+                except PositionRewound:
+                    log.warning(
+                        "read model holds less than this projector applied (commits lost, or the database restored);"
+                        " projecting again from its position",
+                        position=self.position,
+                    )
+                finally:
+                    await broker.end_ordered(self.js, sub, subjects.THREAD_STREAM)
         finally:
-            await broker.end_ordered(self.js, sub, subjects.THREAD_STREAM)
             await self.close()
 
     async def _consume(self, sub) -> None:
@@ -154,11 +164,14 @@ class Projector:
         while True:
             try:
                 return await self._apply(entries)
-            except psycopg.errors.SerializationFailure:
+            except _PositionMoved:
                 # Another projector applied a batch since this one's last: what it holds is stale.
-                log.info("projection position moved by another projector; reading it again", expected=self.position)
-                self.position = None
+                expected = self.position
+                log.info("projection position moved by another projector; reading it again", expected=expected)
                 self.threads.clear()
+                self.position = await self._position()
+                if self.position < expected:
+                    raise PositionRewound(self.position) from None
 
     async def _apply(self, entries: list[Entry]) -> int:
         async with self.db.translated_errors():
@@ -173,7 +186,10 @@ class Projector:
                 # One query of many statements: PostgreSQL runs it as one transaction (the first
                 # statement failing fails them all), and it costs one round trip, not one a row.
                 cursor = psycopg.AsyncClientCursor(conn)
-                await cursor.execute("; ".join(cursor.mogrify(sql, params) for sql, params in statements))
+                try:
+                    await cursor.execute("; ".join(cursor.mogrify(sql, params) for sql, params in statements))
+                except psycopg.errors.SerializationFailure as err:  # raised by advance_projection
+                    raise _PositionMoved from err
             except BaseException:
                 # Cancelled or failed mid-query, the connection's state is not known: a new one next time.
                 self._conn = None
@@ -231,6 +247,15 @@ class Projector:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+
+
+class _PositionMoved(Exception):
+    """The stored position is not where this projector left it."""
+
+
+class PositionRewound(Exception):
+    """The stored position is behind what this projector applied: the events between were lost
+    from the read model, and are projected again from the stored position."""
 
 
 class ThreadCache:

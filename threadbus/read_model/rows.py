@@ -57,8 +57,10 @@ _THREAD_UPSERT = (
 
 def thread_upsert(row: ThreadRow, *, values_changed: bool) -> Statement:
     """The statement that stores ``row``. Its values, the thread's whole state, are written only
-    when they changed (or the row is new): most events change a thread's status, not its state."""
+    when they changed: most events change a thread's status, not its state. (A row inserted
+    with its values unchanged has none yet.)"""
     sql = _THREAD_UPSERT + (', "values" = excluded."values"' if values_changed else "")
+    values = Jsonb(row.values) if values_changed and row.values is not None else None
     return sql, (
         row.thread_id,
         row.created_at,
@@ -66,7 +68,7 @@ def thread_upsert(row: ThreadRow, *, values_changed: bool) -> Statement:
         row.state_updated_at,
         Jsonb(row.metadata),
         row.status,
-        Jsonb(row.values) if row.values is not None else None,
+        values,
         Jsonb(row.interrupts),
         Jsonb(row.error) if row.error is not None else None,
         Jsonb(fold_to_json(row.fold)),
