@@ -24,6 +24,7 @@ test: install
 
 # `make bench REFERENCE=http://127.0.0.1:2024` also measures that server (e.g. `langgraph dev`).
 bench: install
+	$(BIN)/python bench/floor.py
 	$(BIN)/python bench/runs.py $(if $(REFERENCE),--reference $(REFERENCE))
 	$(BIN)/python bench/double_texting.py
 	$(BIN)/python bench/streaming.py
