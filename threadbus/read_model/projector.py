@@ -260,7 +260,8 @@ class PositionRewound(Exception):
 
 class ThreadCache:
     """Thread rows as of the projector's position, the newest used kept, without their values (a
-    thread's whole state, which a projection never reads: it replaces them from a checkpoint)."""
+    thread's whole state, which a projection never reads: it replaces them from a checkpoint; rows
+    are loaded without them too, :func:`rows.load_threads`)."""
 
     def __init__(self, size: int):
         self.size = size

@@ -17,6 +17,11 @@ from threadbus.read_model.projection import (
 THREAD_COLUMNS = (
     "thread_id, created_at, updated_at, state_updated_at, metadata, status, \"values\", interrupts, error, fold, log_seq"
 )
+# What the projector reads of a row: never a thread's values (its whole state), which a projection
+# only replaces from a checkpoint.
+_THREAD_COLUMNS_BUT_VALUES = ", ".join(
+    'null as "values"' if c.strip() == '"values"' else c.strip() for c in THREAD_COLUMNS.split(",")
+)
 RUN_COLUMNS = "run_id, thread_id, assistant_id, created_at, updated_at, status, metadata, multitask_strategy, kwargs"
 
 
@@ -41,7 +46,8 @@ def run_from(record: dict[str, Any]) -> RunRow:
 
 
 async def load_threads(conn, thread_ids: set[str]) -> dict[str, ThreadRow]:
-    cur = await conn.execute(f"select {THREAD_COLUMNS} from threads where thread_id = any(%s)", (list(thread_ids),))
+    """The threads' rows, without their values (None)."""
+    cur = await conn.execute(f"select {_THREAD_COLUMNS_BUT_VALUES} from threads where thread_id = any(%s)", (list(thread_ids),))
     return {r["thread_id"]: thread_from(r) for r in await cur.fetchall()}
 
 
