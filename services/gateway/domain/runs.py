@@ -161,8 +161,6 @@ class Runs:
         caller has read them, else from the read model."""
         if stored and (found := views.run_of(thread_id, run_id, stored)) is not None:
             return views.run_object(*found)
-        if any(e.subject.endswith("." + subjects.EVENT_TOKENS["RunDeleted"]) for e in stored or ()):
-            raise HTTPException(404, "Run not found")
         run = await self.reads.run(thread_id, run_id)
         if run is None and await self._undecided(thread_id, run_id):
             # Requested by another service and not decided yet: it is a run once accepted.
