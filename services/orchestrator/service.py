@@ -149,7 +149,8 @@ class Orchestrator:
         for partition in await leases.acquire(wanted):
             self.holding[partition] = asyncio.create_task(self._hold(partition, at_start), name=f"partition-{partition}")
             if partition == PROJECTING_PARTITION:
-                self.projecting[partition] = asyncio.create_task(Projector(self.nc, self.db, batch_wait_s=self.settings.projector_batch_wait_s).run(), name="projector")
+                projector = Projector(self.nc, self.db, batch_wait_s=self.settings.projector_batch_wait_s)
+                self.projecting[partition] = asyncio.create_task(projector.run(), name="projector")
         for partition in leases.surplus(wanted):
             await self._stop_consuming(partition)
             await leases.release(partition)
@@ -444,7 +445,7 @@ class Orchestrator:
                 state = caught_up
                 continue
             # A run cancelled before it started: no executor ends it on the v3 thread stream.
-            never_started = isinstance(decision, contracts.RunCancelled) and decision.run_id in state.queue
+            never_started = isinstance(decision, contracts.RunCancelled) and decision.pending
             _count(state, decision)
             run_id = getattr(decision, "run_id", None)
             if isinstance(decision, contracts.RunStarted):
